@@ -1,0 +1,1 @@
+"""FedMomentum workers: all torch code (math, training, Celery tasks)."""

@@ -1,0 +1,54 @@
+"""Pure federated-LoRA math: factors, exact SVD, the seven strategies, diagnostics.
+
+No I/O, no Celery, no database: everything here is a function of tensors.
+"""
+
+from .aggregate import RoundAggregate, aggregate_round, client_weights, initial_states
+from .diagnostics import LayerDiagnostics
+from .lora import (
+    Delta,
+    LoraFactors,
+    LowRank,
+    from_peft_state_dict,
+    lora_scaling,
+    merge_delta,
+    to_dense,
+    to_peft_state_dict,
+)
+from .strategies import (
+    STRATEGIES,
+    AggregationOptions,
+    ClientUpdate,
+    LayerRound,
+    LayerState,
+    Strategy,
+    exact_update,
+    get_strategy,
+)
+from .svd import SVD_METHODS, exact_svd
+
+__all__ = [
+    "STRATEGIES",
+    "SVD_METHODS",
+    "AggregationOptions",
+    "ClientUpdate",
+    "Delta",
+    "LayerDiagnostics",
+    "LayerRound",
+    "LayerState",
+    "LoraFactors",
+    "LowRank",
+    "RoundAggregate",
+    "Strategy",
+    "aggregate_round",
+    "client_weights",
+    "exact_svd",
+    "exact_update",
+    "from_peft_state_dict",
+    "get_strategy",
+    "initial_states",
+    "lora_scaling",
+    "merge_delta",
+    "to_dense",
+    "to_peft_state_dict",
+]
