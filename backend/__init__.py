@@ -1,0 +1,1 @@
+"""FedMomentum backend: settings, API, database, dispatch, CLI. Imports no torch."""
