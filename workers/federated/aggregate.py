@@ -35,19 +35,27 @@ def client_weights(updates: Sequence[ClientUpdate]) -> list[float]:
     for u in updates:
         if isinstance(u.n_examples, bool) or not isinstance(u.n_examples, int) or u.n_examples <= 0:
             raise ValueError(
-                f"client {u.client_id!r}: n_examples must be a positive integer, got {u.n_examples!r}"
+                f"client {u.client_id!r}: n_examples must be a positive integer, "
+                f"got {u.n_examples!r}"
             )
     total = sum(u.n_examples for u in updates)
     return [u.n_examples / total for u in updates]
 
 
 def check_factors(
-    strategy: Strategy, layer: str, client_id: str, f: LoraFactors, ref: LoraFactors, state: LayerState
+    strategy: Strategy,
+    layer: str,
+    client_id: str,
+    f: LoraFactors,
+    ref: LoraFactors,
+    state: LayerState,
 ) -> None:
     """ValueError naming the layer, the client and what is allowed, for any bad factor."""
     where = f"layer {layer!r}, client {client_id!r}"
     if f.A.ndim != 2 or f.B.ndim != 2:
-        raise ValueError(f"{where}: lora_A and lora_B must be 2-D, got {f.A.ndim}-D and {f.B.ndim}-D")
+        raise ValueError(
+            f"{where}: lora_A and lora_B must be 2-D, got {f.A.ndim}-D and {f.B.ndim}-D"
+        )
     if f.r <= 0:
         raise ValueError(f"{where}: rank must be > 0, got r={f.r}")
     if f.B.shape[1] != f.r:
@@ -68,7 +76,9 @@ def check_factors(
             raise ValueError(f"{where}: lora_{name} has NaN or inf values")
     if f.r not in state.ranks:
         allowed = ", ".join(str(r) for r in sorted(state.ranks))
-        raise ValueError(f"{where}: rank r={f.r} is not a rank of this federation; allowed: {allowed}")
+        raise ValueError(
+            f"{where}: rank r={f.r} is not a rank of this federation; allowed: {allowed}"
+        )
     if f.r != ref.r and not strategy.heterogeneous_ranks:
         hetero = ", ".join(n for n, s in STRATEGIES.items() if s.heterogeneous_ranks)
         raise ValueError(

@@ -46,8 +46,8 @@ def norm_of_sum(terms: list[tuple[float, Delta]]) -> float:
         B = torch.cat([x.B for _, x in live], dim=1)  # type: ignore[union-attr]
         A = torch.cat([c * x.A for c, x in live], dim=0)  # type: ignore[union-attr]
         return lowrank_norm(LowRank(B=B, A=A))
-    total = sum(c * to_dense(x) for c, x in live)
-    return float(torch.linalg.norm(total))  # type: ignore[arg-type]
+    total = torch.stack([c * to_dense(x) for c, x in live]).sum(0)
+    return float(torch.linalg.norm(total))
 
 
 def relative(num: float, den: float) -> float:

@@ -111,7 +111,8 @@ def _fp32(f: LoraFactors, A: Tensor, B: Tensor) -> LoraFactors:
 
 
 def _mean(clients: Sequence[Weighted], which: str) -> Tensor:
-    return sum(c.p * getattr(c.f, which) for c in clients)  # type: ignore[return-value]
+    total: Tensor = torch.stack([c.p * getattr(c.f, which) for c in clients]).sum(0)
+    return total
 
 
 def exact_update(clients: Sequence[Weighted]) -> LowRank:
@@ -143,9 +144,7 @@ class Strategy(ABC):
 
     def _svd(self, low: LowRank, rank: int) -> Svd:
         o = self.options
-        return exact_svd(
-            low, o.svd, rank=rank, oversample=o.oversample, power_iters=o.power_iters
-        )
+        return exact_svd(low, o.svd, rank=rank, oversample=o.oversample, power_iters=o.power_iters)
 
     def aggregate_layer(
         self, round_num: int, layer: str, clients: Sequence[Weighted], state: LayerState
@@ -253,7 +252,7 @@ def _add(a: Delta | None, b: Delta) -> Delta:
 
 class FedIT(Strategy):
     name = "fedit"
-    summary = "FedIT: average A and B separately (inexact: the product of means is not the mean of products)."
+    summary = "FedIT: average A and B separately (inexact: mean of products != product of means)."
 
     def propose(self, round_num, layer, clients, state):  # type: ignore[no-untyped-def]
         f = clients[0].f
@@ -279,7 +278,9 @@ class FFA(Strategy):
 
 class FLoRA(Strategy):
     name = "flora"
-    summary = "FLoRA: stack all client factors, merge the exact update into W, fresh LoRA each round."
+    summary = (
+        "FLoRA: stack all client factors, merge the exact update into W, fresh LoRA each round."
+    )
     downloads = ()  # the stacked factors travel as the residual; the new LoRA comes from a seed
     changes_backbone = True
     reinit_lora = True
@@ -292,7 +293,9 @@ class FLoRA(Strategy):
 
 class FlexLoRA(Strategy):
     name = "flexlora"
-    summary = "FlexLoRA: SVD of the exact update, truncated to each client's rank; the tail is dropped."
+    summary = (
+        "FlexLoRA: SVD of the exact update, truncated to each client's rank; the tail is dropped."
+    )
     heterogeneous_ranks = True
 
     def propose(self, round_num, layer, clients, state):  # type: ignore[no-untyped-def]
@@ -334,7 +337,9 @@ class FedSA(Strategy):
 
 class FedMomentum(Strategy):
     name = "fedmomentum"
-    summary = "FedMomentum: SVD of the exact update; top r is the next LoRA, the residual goes into W."
+    summary = (
+        "FedMomentum: SVD of the exact update; top r is the next LoRA, the residual goes into W."
+    )
     changes_backbone = True
     heterogeneous_ranks = True
 
@@ -366,7 +371,9 @@ def _group_template(clients: Sequence[Weighted], k: int) -> LoraFactors:
 
 
 def _group_target(clients: Sequence[Weighted], state: LayerState, k: int) -> LowRank:
-    """Rank group k's exact new LoRA product, L_k = s_k B_k A_k + sum_i p_i (s_i B_i A_i - s B_g(i) A_g(i)).
+    """Rank group k's exact new LoRA product.
+
+    L_k = s_k B_k A_k + sum_i p_i (s_i B_i A_i - s_g B_g A_g), g the group of client i.
 
     Client i trained from its group's broadcast adapter on its group's backbone; every
     group's model W_g + s_g B_g A_g is the same, so the average of the client models is that
