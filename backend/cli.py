@@ -1,0 +1,75 @@
+"""The ``fedmomentum`` command line. Commands that need torch import the workers lazily."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from backend.config import ConfigError, load_config
+
+
+def _run(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config)  # every config error before any work starts
+    out = args.out or Path("runs") / cfg.name
+    from workers.runner import run  # torch only from here on
+
+    summaries = run(cfg, out, progress=not args.quiet, export_rank=args.export_rank)
+    print(_table(summaries))
+    print(f"\nrun directory: {out}\nexport: {out / 'export'}  metrics: {out / 'metrics.jsonl'}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from workers.artifacts import RunPaths
+    from workers.runner import export
+
+    info = export(RunPaths(args.run), args.rank)
+    print(f"exported {args.run / 'export'}: {info}")
+    return 0
+
+
+def _table(summaries: list[dict[str, object]]) -> str:
+    """The final per-round table."""
+    head = f"{'round':>5} {'clients':>7} {'failed':>6} {'eval_loss':>9} {'accuracy':>8} {'resid_E':>8} {'seconds':>8}"
+    rows = [head, "-" * len(head)]
+    for s in summaries:
+        energy = s.get("mean_residual_energy")
+        rows.append(
+            f"{s['round']:>5} {len(s['clients']):>7} {len(s['failed']):>6} "  # type: ignore[arg-type]
+            f"{s['eval_loss']:>9.4f} {s['accuracy']:>8.3f} "
+            f"{'-' if energy is None else f'{energy:.4f}':>8} {s['round_seconds']:>8.1f}"
+        )
+    return "\n".join(rows)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fedmomentum", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run a federated experiment in this process")
+    run.add_argument("config", type=Path, help="YAML experiment config (see examples/)")
+    run.add_argument("--out", type=Path, help="run directory (default runs/<name>; resumes if present)")
+    run.add_argument("--export-rank", type=int, help="also export one PEFT adapter of this rank")
+    run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run.set_defaults(func=_run)
+    exp = sub.add_parser("export", help="(re)write the export of a run directory")
+    exp.add_argument("run", type=Path)
+    exp.add_argument("--rank", type=int, help="also export one PEFT adapter of this rank")
+    exp.set_defaults(func=_export)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigError as e:
+        print(f"invalid config:\n{e}", file=sys.stderr)
+        return 2
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

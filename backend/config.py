@@ -1,0 +1,190 @@
+"""Experiment configuration: one pydantic schema for the CLI, the runner and the API.
+
+Every error names its field and the allowed values; unknown fields are rejected (a typo
+must not silently fall back to a default). Defaults are the demo: SmolLM2-135M on WordNet
+topics, 5 clients, Dirichlet(0.5), FedMomentum.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from workers.catalog import DATASETS, MODELS, PARTITIONS, STRATEGIES
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def _one_of(value: str, allowed: dict[str, str] | tuple[str, ...], what: str) -> str:
+    if value not in allowed:
+        raise ValueError(f"unknown {what} {value!r}; allowed: {', '.join(allowed)}")
+    return value
+
+
+class DataConfig(_Strict):
+    n_train: int | None = Field(None, gt=0, description="training examples (default per dataset)")
+    n_eval: int | None = Field(None, gt=0, description="held-out examples shared by all clients")
+    partition: str = Field("dirichlet", description="iid, dirichlet (over labels) or shards")
+    alpha: float = Field(0.5, gt=0, description="Dirichlet concentration: smaller = more non-IID")
+    shards_per_client: int = Field(2, gt=0)
+
+    @field_validator("partition")
+    @classmethod
+    def _partition(cls, v: str) -> str:
+        return _one_of(v, PARTITIONS, "partition")
+
+
+class LoraConfig(_Strict):
+    rank: int = Field(8, gt=0, le=256, description="LoRA rank r of the global adapter")
+    alpha: float = Field(16.0, gt=0, description="LoRA alpha; scaling = alpha / r")
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] | None = Field(None, description="default: the model's q/v projections")
+    rslora: bool = Field(False, description="scaling alpha / sqrt(r)")
+
+
+class AggregationConfig(_Strict):
+    svd: Literal["factored", "randomized", "dense"] = "factored"
+    oversample: int = Field(10, ge=0)
+    power_iters: int = Field(2, ge=0)
+    merge_every: int = Field(1, ge=1, description="fedmomentum: merge the residual every k rounds")
+    factor_split: Literal["sqrt", "b"] = "sqrt"
+
+
+class FederationConfig(_Strict):
+    num_clients: int = Field(5, gt=0, le=10_000)
+    clients_per_round: int = Field(5, gt=0)
+    rounds: int = Field(5, gt=0, le=10_000)
+    min_clients_per_round: int = Field(1, gt=0, description="fewer successes retry the round")
+    client_ranks: list[int] | None = Field(None, description="per-client LoRA ranks (heterogeneous)")
+
+    @model_validator(mode="after")
+    def _counts(self) -> FederationConfig:
+        if self.clients_per_round > self.num_clients:
+            raise ValueError(
+                f"clients_per_round ({self.clients_per_round}) must be <= num_clients "
+                f"({self.num_clients})"
+            )
+        if self.min_clients_per_round > self.clients_per_round:
+            raise ValueError("min_clients_per_round must be <= clients_per_round")
+        if self.client_ranks is not None:
+            if len(self.client_ranks) != self.num_clients:
+                raise ValueError(f"client_ranks needs one rank per client ({self.num_clients})")
+            if min(self.client_ranks) <= 0:
+                raise ValueError("client_ranks: every rank must be > 0")
+        return self
+
+
+class TrainingConfig(_Strict):
+    local_steps: int = Field(8, gt=0, description="optimizer steps per client and round")
+    local_epochs: float | None = Field(None, gt=0, description="overrides local_steps when set")
+    batch_size: int = Field(4, gt=0)
+    max_length: int = Field(96, ge=8, le=4096, description="tokens per example")
+    lr: float = Field(1e-3, gt=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_steps: int = Field(1, ge=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+
+
+class EvalConfig(_Strict):
+    batch_size: int = Field(16, gt=0)
+    max_new_tokens: int | None = Field(None, gt=0, description="default: longest answer + 2")
+
+
+class ExperimentConfig(_Strict):
+    """A whole federated fine-tuning experiment."""
+
+    name: str = Field("demo", min_length=1, max_length=200)
+    seed: int = Field(0, ge=0)
+    model: str = Field("smollm2-135m", description="built-in name or a local HF model directory")
+    dataset: str = Field("wordnet-topics", description="built-in name or a .jsonl/.csv path")
+    strategy: str = Field("fedmomentum")
+    device: str = Field("auto", description="auto (CUDA when present), cpu or cuda[:N]")
+    data: DataConfig = DataConfig()
+    lora: LoraConfig = LoraConfig()
+    aggregation: AggregationConfig = AggregationConfig()
+    federation: FederationConfig = FederationConfig()
+    training: TrainingConfig = TrainingConfig()
+    eval: EvalConfig = EvalConfig()
+
+    @field_validator("strategy")
+    @classmethod
+    def _strategy(cls, v: str) -> str:
+        return _one_of(v, STRATEGIES, "strategy")
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, v: str) -> str:
+        if v in MODELS or Path(v).is_dir() or "/" in v:  # built-in, local dir, or a hub id
+            return v
+        raise ValueError(f"unknown model {v!r}; built-in: {', '.join(MODELS)}, or a local model directory")
+
+    @field_validator("dataset")
+    @classmethod
+    def _dataset(cls, v: str) -> str:
+        if v in DATASETS or v.endswith((".jsonl", ".csv")) or v.startswith("hf:"):
+            return v
+        raise ValueError(
+            f"unknown dataset {v!r}; allowed: {', '.join(DATASETS)}, a .jsonl/.csv path, or hf:<id>"
+        )
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if v in ("auto", "cpu", "cuda") or v.startswith("cuda:"):
+            return v
+        raise ValueError(f"unknown device {v!r}; allowed: auto, cpu, cuda, cuda:N")
+
+    @model_validator(mode="after")
+    def _strategy_fits(self) -> ExperimentConfig:
+        ranks = self.federation.client_ranks
+        if ranks and len(set(ranks)) > 1 and self.strategy not in ("flora", "flexlora", "fedmomentum"):
+            raise ValueError(
+                f"federation.client_ranks: strategy {self.strategy!r} needs equal ranks; "
+                "heterogeneous ranks: flora, flexlora, fedmomentum"
+            )
+        return self
+
+    def client_rank(self, client: int) -> int:
+        """LoRA rank of one client (the global rank unless client_ranks is set)."""
+        ranks = self.federation.client_ranks
+        return ranks[client] if ranks else self.lora.rank
+
+    def rank_groups(self) -> list[int]:
+        return sorted({self.client_rank(c) for c in range(self.federation.num_clients)})
+
+
+class ConfigError(ValueError):
+    """A config that failed validation; the message names every bad field."""
+
+
+def describe(error: ValidationError) -> str:
+    """'field.path: message' per problem, one per line."""
+    lines = []
+    for e in error.errors():
+        where = ".".join(str(p) for p in e["loc"]) or "config"
+        lines.append(f"{where}: {e['msg'].removeprefix('Value error, ')}")
+    return "\n".join(lines)
+
+
+def parse_config(data: dict[str, Any]) -> ExperimentConfig:
+    """Validate a dict; ConfigError naming the fields otherwise."""
+    try:
+        return ExperimentConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(describe(e)) from None
+
+
+def load_config(path: Path) -> ExperimentConfig:
+    """Read and validate a YAML config file."""
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"{path}: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of config fields")
+    return parse_config(data)

@@ -1,0 +1,58 @@
+"""Experiment config validation: every error names the field and the allowed values."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from backend.cli import main
+from backend.config import ConfigError, ExperimentConfig, load_config, parse_config
+
+EXAMPLES = Path(__file__).parents[2] / "examples"
+
+
+def test_defaults_are_the_demo():
+    cfg = ExperimentConfig()
+    assert (cfg.model, cfg.dataset, cfg.strategy) == ("smollm2-135m", "wordnet-topics", "fedmomentum")
+    assert cfg.rank_groups() == [8]
+
+
+@pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_example_config_is_valid(path):
+    assert load_config(path).name
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"strategy": "fedavg"}, r"strategy: unknown strategy 'fedavg'; allowed: fedmomentum, fedit"),
+        ({"model": "gpt5"}, r"model: unknown model 'gpt5'; built-in: smollm2-135m, tiny-llama"),
+        ({"dataset": "mnist"}, r"dataset: unknown dataset 'mnist'; allowed: wordnet-topics, arith"),
+        ({"lora": {"rank": 0}}, r"lora.rank: Input should be greater than 0"),
+        ({"data": {"partition": "random"}}, r"data.partition: unknown partition 'random'; allowed: iid"),
+        ({"federation": {"num_clients": 3, "clients_per_round": 4}}, r"federation: clients_per_round \(4\) must be <= num_clients \(3\)"),
+        ({"strategy": "fedit", "federation": {"num_clients": 2, "clients_per_round": 2, "client_ranks": [4, 8]}}, r"strategy 'fedit' needs equal ranks"),
+        ({"training": {"lr": -1}}, r"training.lr: Input should be greater than 0"),
+        ({"trainig": {}}, r"trainig: Extra inputs are not permitted"),
+        ({"aggregation": {"svd": "qr"}}, r"aggregation.svd: Input should be 'factored', 'randomized' or 'dense'"),
+    ],
+)
+def test_bad_config_names_the_field(data, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_config(data)
+
+
+def test_heterogeneous_ranks_are_accepted_by_fedmomentum():
+    cfg = parse_config({"federation": {"num_clients": 3, "clients_per_round": 2, "client_ranks": [4, 8, 4]}})
+    assert cfg.rank_groups() == [4, 8]
+    assert [cfg.client_rank(c) for c in range(3)] == [4, 8, 4]
+
+
+def test_cli_rejects_a_bad_config_before_any_work(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("strategy: fedavg\nlora: {rank: -2}\n")
+    assert main(["run", str(bad), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "strategy: unknown strategy 'fedavg'" in err and "lora.rank" in err
+    assert not (tmp_path / "run").exists()

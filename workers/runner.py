@@ -1,0 +1,538 @@
+"""The federation one step at a time: prepare, train_client, aggregate, evaluate, export.
+
+The run directory (workers.artifacts.RunPaths) is the whole state; each step reads what it
+needs from it and writes its result atomically, so the in-process loop (``run``) and the
+Celery tasks call the same functions, and any step can be re-run after a crash.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+import yaml
+
+from backend.config import ExperimentConfig
+from backend.settings import get_settings
+from workers import peft_glue
+from workers.artifacts import RunPaths, commit_dir, load_tensors, read_json, save_tensors, write_json
+from workers.data import TaskData, load_dataset, partition, split_hash
+from workers.evaluation import accuracy, answer_budget, eval_loss
+from workers.federated import (
+    AggregationOptions,
+    ClientUpdate,
+    LayerState,
+    LoraFactors,
+    RoundAggregate,
+    Strategy,
+    aggregate_round,
+    from_peft_state_dict,
+    get_strategy,
+    to_dense,
+    to_peft_state_dict,
+)
+from workers.models import BUILTIN_MODELS, load_model, model_fingerprint
+from workers.training import Encoded, encode, train_local
+
+StepCallback = Callable[[int, float], None]
+
+
+@dataclass
+class ClientRecord:
+    """What a client task returns: small, never tensors. A failure is data, not an exception."""
+
+    round: int
+    client: int
+    ok: bool
+    n_examples: int = 0
+    seconds: float = 0.0
+    path: str | None = None
+    error: str | None = None
+    losses: list[float] = field(default_factory=list)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto``: CUDA when present, CPU otherwise."""
+    if name == "auto":
+        name = get_settings().device
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def load_run_config(paths: RunPaths) -> ExperimentConfig:
+    return ExperimentConfig.model_validate(yaml.safe_load(paths.config.read_text()))
+
+
+# ---- data and model, cached per process ---------------------------------------------------
+
+
+@lru_cache(maxsize=4)
+def _task(dataset: str, seed: int, n_train: int | None, n_eval: int | None) -> TaskData:
+    return load_dataset(dataset, seed=seed, n_train=n_train, n_eval=n_eval)
+
+
+def task_of(cfg: ExperimentConfig) -> TaskData:
+    return _task(cfg.dataset, cfg.seed, cfg.data.n_train, cfg.data.n_eval)
+
+
+def client_indices(cfg: ExperimentConfig) -> list[list[int]]:
+    """Each client's training examples: the seeded partition of the config."""
+    d = cfg.data
+    return partition(
+        task_of(cfg).train,
+        cfg.federation.num_clients,
+        d.partition,
+        alpha=d.alpha,
+        shards_per_client=d.shards_per_client,
+        seed=cfg.seed,
+    )
+
+
+def lora_settings(cfg: ExperimentConfig, rank: int) -> peft_glue.LoraSettings:
+    targets = cfg.lora.target_modules or list(_model_info(cfg.model).target_modules)
+    return peft_glue.LoraSettings(
+        r=rank,
+        alpha=cfg.lora.alpha,
+        dropout=cfg.lora.dropout,
+        target_modules=tuple(targets),
+        rslora=cfg.lora.rslora,
+    )
+
+
+def _model_info(name: str):  # noqa: ANN202 - ModelInfo
+    if name in BUILTIN_MODELS:
+        return BUILTIN_MODELS[name]
+    return BUILTIN_MODELS["smollm2-135m"]  # local dirs and hub ids: causal LM, q/v targets
+
+
+@dataclass
+class Bench:
+    """One loaded model with a LoRA of one rank, and the pristine weights of adapted layers."""
+
+    model: torch.nn.Module
+    tokenizer: object
+    kind: str
+    base: dict[str, torch.Tensor]  # layer -> original base weight
+    device: torch.device
+
+
+@lru_cache(maxsize=4)  # one per rank group of a heterogeneous run
+def _bench(cfg_json: str, rank: int) -> Bench:
+    cfg = ExperimentConfig.model_validate_json(cfg_json)
+    kind = _model_info(cfg.model).task
+    labels = len(task_of(cfg).labels) if kind == "seq-cls" else None
+    model, tokenizer = load_model(cfg.model, num_labels=labels, seed=cfg.seed)
+    device = resolve_device(cfg.device)
+    peft = peft_glue.attach_lora(model, lora_settings(cfg, rank), task=kind, seed=cfg.seed).to(device)
+    base = {name: w.detach().clone() for name, w in peft_glue.base_weights(peft).items()}
+    return Bench(peft, tokenizer, kind, base, device)
+
+
+def bench_for(cfg: ExperimentConfig, rank: int) -> Bench:
+    """The process's model for this experiment and rank (loading the base once)."""
+    return _bench(_model_key(cfg), rank)
+
+
+def _model_key(cfg: ExperimentConfig) -> str:
+    # Only the fields that change the loaded model and its LoRA: runs that differ in
+    # strategy or training share one loaded model.
+    keep = cfg.model_dump(include={"model", "dataset", "seed", "device", "lora", "data"})
+    return ExperimentConfig.model_validate(keep).model_dump_json()
+
+
+@lru_cache(maxsize=8)
+def _encoded(model_key: str, max_length: int, rank: int, split: str) -> list[Encoded]:
+    cfg = ExperimentConfig.model_validate_json(model_key)
+    bench, task = bench_for(cfg, rank), task_of(cfg)
+    examples = task.train if split == "train" else task.eval
+    return encode(examples, bench.tokenizer, max_length, bench.kind, task.labels)
+
+
+def encoded(cfg: ExperimentConfig, rank: int, split: str) -> list[Encoded]:
+    """Tokenized train or eval examples (cached per process)."""
+    return _encoded(_model_key(cfg), cfg.training.max_length, rank, split)
+
+
+def load_state_into(bench: Bench, adapter: dict[str, torch.Tensor], backbone: dict[str, torch.Tensor] | None) -> None:
+    """Set the bench to base + backbone delta + adapter: cost independent of the round."""
+    deltas = backbone or {}
+    with torch.no_grad():
+        for name, w in peft_glue.base_weights(bench.model).items():
+            w.copy_(bench.base[name])
+    peft_glue.apply_backbone_delta(bench.model, deltas)
+    lora = {k: v for k, v in adapter.items() if ".lora_" in k}
+    peft_glue.set_lora_factors(bench.model, from_peft_state_dict(lora, alpha=1.0))
+    head = {k.removeprefix("head."): v for k, v in adapter.items() if k.startswith("head.")}
+    if head:
+        peft_glue.set_head_state(bench.model, head)
+
+
+# ---- server state on disk ---------------------------------------------------------------------
+
+
+def _adapter_file(state_dir: Path, rank: int) -> Path:
+    return state_dir / f"adapter-r{rank}.safetensors"
+
+
+def _backbone_file(state_dir: Path, rank: int) -> Path:
+    return state_dir / f"backbone-r{rank}.safetensors"
+
+
+def read_group(paths: RunPaths, round_num: int, rank: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None]:
+    """(adapter tensors, dense backbone deltas or None) of a rank group at a round's start."""
+    state = paths.state(round_num)
+    backbone = _backbone_file(state, rank)
+    return load_tensors(_adapter_file(state, rank)), (load_tensors(backbone) if backbone.exists() else None)
+
+
+def fresh_adapter(bench: Bench, seed: int) -> dict[str, torch.Tensor]:
+    """PEFT's initial LoRA (A random from ``seed``, B = 0), as PEFT state-dict tensors."""
+    peft_glue.reinit_lora(bench.model, seed)
+    return to_peft_state_dict(peft_glue.get_lora_factors(bench.model))
+
+
+# ---- the steps ----------------------------------------------------------------------------------
+
+
+def sample_clients(cfg: ExperimentConfig, round_num: int) -> list[int]:
+    """The clients of a round: a seeded sample, the same in every process."""
+    rng = random.Random(cfg.seed * 1_000_003 + round_num)
+    return sorted(rng.sample(range(cfg.federation.num_clients), cfg.federation.clients_per_round))
+
+
+def prepare(cfg: ExperimentConfig, root: Path) -> RunPaths:
+    """Validate the config against data and model, write config, split, manifest, round-0 state."""
+    paths = RunPaths(root)
+    task = task_of(cfg)
+    parts = client_indices(cfg)  # raises if there are more clients than examples
+    paths.root.mkdir(parents=True, exist_ok=True)
+    paths.config.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    write_json(paths.split, {"clients": parts, "hash": split_hash(parts, task)})
+    write_json(paths.manifest, _manifest(cfg, split_hash(parts, task)))
+    if not paths.state(0).exists():
+        with commit_dir(paths.state(0)) as scratch:
+            for rank in cfg.rank_groups():
+                save_tensors(_adapter_file(scratch, rank), _initial_adapter(cfg, rank))
+    return paths
+
+
+def _initial_adapter(cfg: ExperimentConfig, rank: int) -> dict[str, torch.Tensor]:
+    bench = bench_for(cfg, rank)
+    adapter = fresh_adapter(bench, cfg.seed)
+    head = peft_glue.get_head_state(bench.model)
+    return {**adapter, **{f"head.{k}": v for k, v in head.items()}}
+
+
+def _manifest(cfg: ExperimentConfig, data_hash: str) -> dict[str, object]:
+    from importlib.metadata import version
+
+    packages = ["torch", "transformers", "peft", "safetensors", "fedmomentum"]
+    return {
+        "seed": cfg.seed,
+        "model": cfg.model,
+        "model_fingerprint": model_fingerprint(cfg.model),
+        "dataset": cfg.dataset,
+        "split_hash": data_hash,
+        "packages": {p: version(p) for p in packages},
+        "device": str(resolve_device(cfg.device)),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def train_client(paths: RunPaths, round_num: int, client: int, on_step: StepCallback | None = None) -> ClientRecord:
+    """Train one client from its group's global state; write its upload. Never raises."""
+    start = time.perf_counter()
+    try:
+        cfg = load_run_config(paths)
+        n, losses = _train(paths, cfg, round_num, client, on_step)
+        return ClientRecord(round_num, client, True, n, time.perf_counter() - start, str(paths.upload(round_num, client)), losses=losses)
+    except Exception as e:  # noqa: BLE001 - a failed client is data: the round decides
+        return ClientRecord(round_num, client, False, seconds=time.perf_counter() - start, error=f"{type(e).__name__}: {e}")
+
+
+def _train(paths: RunPaths, cfg: ExperimentConfig, round_num: int, client: int, on_step: StepCallback | None) -> tuple[int, list[float]]:
+    strategy = get_strategy(cfg.strategy)
+    rank = cfg.client_rank(client)
+    bench = bench_for(cfg, rank)
+    adapter, backbone = read_group(paths, round_num, rank)
+    if strategy.personalised and paths.local(client).exists():
+        adapter = {**adapter, **load_tensors(paths.local(client))}  # fedsa: own B
+    load_state_into(bench, adapter, backbone)
+    peft_glue.set_trainable(bench.model, train_A="A" in strategy.trains, train_B="B" in strategy.trains)
+    idx = read_json(paths.split)["clients"][client]
+    data = [encoded(cfg, rank, "train")[i] for i in idx]
+    seed = cfg.seed * 1_000_003 + round_num * 10_007 + client
+    losses = train_local(bench.model, data, cfg.training, seed=seed, pad_id=bench.tokenizer.pad_token_id, device=bench.device, on_step=on_step)
+    factors = peft_glue.get_lora_factors(bench.model)
+    head = {f"head.{k}": v for k, v in peft_glue.get_head_state(bench.model).items()}
+    upload = {**to_peft_state_dict(factors), **head}
+    if strategy.personalised:
+        save_tensors(paths.local(client), {k: v for k, v in upload.items() if ".lora_B." in k})
+    save_tensors(paths.upload(round_num, client), upload, {"n_examples": str(len(idx))})
+    return len(idx), losses
+
+
+def _layer_states(cfg: ExperimentConfig, paths: RunPaths, round_num: int) -> dict[str, LayerState]:
+    state = paths.state(round_num)
+    ranks = frozenset(cfg.rank_groups())
+    adapters = {r: _factors(cfg, load_tensors(_adapter_file(state, r)), r) for r in ranks}
+    server = state / "server.safetensors"
+    extra = load_tensors(server) if server.exists() else {}
+    layers = next(iter(adapters.values())).keys()
+    return {
+        layer: LayerState(
+            ranks=ranks,
+            adapters={r: adapters[r][layer] for r in ranks},  # what each group trained from
+            basis=extra.get(f"basis.{layer}"),
+            pending={r: extra[f"pending.r{r}.{layer}"] for r in ranks if f"pending.r{r}.{layer}" in extra},
+        )
+        for layer in layers
+    }
+
+
+def _factors(cfg: ExperimentConfig, tensors: dict[str, torch.Tensor], rank: int) -> dict[str, LoraFactors]:
+    lora = {k: v for k, v in tensors.items() if ".lora_" in k}
+    return from_peft_state_dict(lora, alpha=cfg.lora.alpha, rslora=cfg.lora.rslora)
+
+
+def aggregate(paths: RunPaths, round_num: int, records: list[ClientRecord]) -> dict[str, object]:
+    """Aggregate the round's successful uploads into the next state; returns the round summary."""
+    cfg = load_run_config(paths)
+    ok = [r for r in records if r.ok]
+    if len(ok) < cfg.federation.min_clients_per_round:
+        raise RuntimeError(
+            f"round {round_num}: {len(ok)} of {len(records)} clients succeeded, "
+            f"min_clients_per_round is {cfg.federation.min_clients_per_round}"
+        )
+    strategy = get_strategy(cfg.strategy, AggregationOptions(**cfg.aggregation.model_dump()))
+    updates, heads = [], []
+    for r in ok:
+        tensors = load_tensors(Path(r.path))  # type: ignore[arg-type]
+        rank = cfg.client_rank(r.client)
+        updates.append(ClientUpdate(str(r.client), r.n_examples, _factors(cfg, tensors, rank)))
+        heads.append({k: v for k, v in tensors.items() if k.startswith("head.")})
+    start = time.perf_counter()
+    result = aggregate_round(strategy, round_num, updates, _layer_states(cfg, paths, round_num))
+    seconds = time.perf_counter() - start
+    _commit_state(cfg, paths, round_num, strategy, result, _average_heads(heads, updates))
+    energies = [lr.diagnostics.residual_energy for lr in result.layers.values()]
+    known = [e for e in energies if e is not None]
+    return {
+        "round": round_num,
+        "mean_residual_energy": sum(known) / len(known) if known else None,
+        "clients": [r.client for r in records],
+        "failed": {r.client: r.error for r in records if not r.ok},
+        "aggregate_seconds": seconds,
+        "bytes_up": result.bytes_up,
+        "bytes_down": result.bytes_down,
+        "diagnostics": {name: asdict(lr.diagnostics) for name, lr in result.layers.items()},
+    }
+
+
+def _average_heads(heads: list[dict[str, torch.Tensor]], updates: list[ClientUpdate]) -> dict[str, torch.Tensor]:
+    """FedAvg of any fully trained extra modules (a classifier head)."""
+    if not heads or not heads[0]:
+        return {}
+    total = sum(u.n_examples for u in updates)
+    return {k: sum(h[k] * (u.n_examples / total) for h, u in zip(heads, updates, strict=True)) for k in heads[0]}  # type: ignore[misc]
+
+
+def _commit_state(cfg: ExperimentConfig, paths: RunPaths, round_num: int, strategy: Strategy, result: RoundAggregate, head: dict[str, torch.Tensor]) -> None:
+    previous = paths.state(round_num)
+    with commit_dir(paths.state(round_num + 1)) as scratch:
+        server: dict[str, torch.Tensor] = {}
+        for rank in cfg.rank_groups():
+            adapter = _next_adapter(cfg, strategy, result, rank, round_num)
+            save_tensors(_adapter_file(scratch, rank), {**adapter, **{f"head.{k}": v for k, v in head.items()}})
+            if strategy.changes_backbone:
+                old = _backbone_file(previous, rank)
+                backbone = load_tensors(old) if old.exists() else {}
+                for layer, lr in result.layers.items():
+                    if rank in lr.residuals:
+                        backbone[layer] = backbone.get(layer, 0) + to_dense(lr.residuals[rank]).float()
+                save_tensors(_backbone_file(scratch, rank), backbone)
+        for layer, lr in result.layers.items():
+            if lr.state.basis is not None:
+                server[f"basis.{layer}"] = lr.state.basis
+            for rank, pending in lr.state.pending.items():
+                server[f"pending.r{rank}.{layer}"] = to_dense(pending).float()
+        save_tensors(scratch / "server.safetensors", server)
+    _prune_backbones(paths, round_num - 1)
+
+
+def _next_adapter(cfg: ExperimentConfig, strategy: Strategy, result: RoundAggregate, rank: int, round_num: int) -> dict[str, torch.Tensor]:
+    if strategy.reinit_lora:  # flora: a fresh LoRA every round, from a round-specific seed
+        return fresh_adapter(bench_for(cfg, rank), cfg.seed * 1_000_003 + round_num + 1)
+    return to_peft_state_dict({layer: lr.state.adapters[rank] for layer, lr in result.layers.items()})
+
+
+def _prune_backbones(paths: RunPaths, round_num: int) -> None:
+    """Dense backbone deltas are as large as the adapted layers: keep the last two rounds'."""
+    if round_num < 1:
+        return
+    for f in paths.state(round_num).glob("backbone-r*.safetensors"):
+        f.unlink()
+
+
+def evaluate(paths: RunPaths, round_num: int, clients: list[int] | None = None) -> dict[str, float]:
+    """Eval loss and accuracy of the global model at a round's start state.
+
+    The global model is the largest rank group's (all groups are equal for exact strategies).
+    fedsa has no global model: each given client is evaluated with the global A and its own B,
+    and the mean is reported.
+    """
+    cfg = load_run_config(paths)
+    strategy = get_strategy(cfg.strategy)
+    rank = max(cfg.rank_groups())
+    bench = bench_for(cfg, rank)
+    adapter, backbone = read_group(paths, round_num, rank)
+    if not strategy.personalised or not clients:
+        load_state_into(bench, adapter, backbone)
+        return _eval_bench(cfg, bench, rank)
+    scores = []
+    for c in clients:
+        own = load_tensors(paths.local(c)) if paths.local(c).exists() else {}
+        load_state_into(bench, {**adapter, **own}, backbone)
+        scores.append(_eval_bench(cfg, bench, rank))
+    return {k: sum(s[k] for s in scores) / len(scores) for k in scores[0]}
+
+
+def _eval_bench(cfg: ExperimentConfig, bench: Bench, rank: int) -> dict[str, float]:
+    task = task_of(cfg)
+    data = encoded(cfg, rank, "eval")
+    pad = bench.tokenizer.pad_token_id
+    new_tokens = cfg.eval.max_new_tokens or (answer_budget(data) if bench.kind != "seq-cls" else 1)
+    return {
+        "eval_loss": eval_loss(bench.model, data, cfg.eval.batch_size, pad, bench.device),
+        "accuracy": accuracy(bench.model, bench.tokenizer, task, task.eval, data, kind=bench.kind, batch_size=cfg.eval.batch_size, max_new_tokens=new_tokens, device=bench.device),
+    }
+
+
+# ---- export ---------------------------------------------------------------------------------------
+
+
+def export(paths: RunPaths, rank_approx: int | None = None) -> dict[str, object]:
+    """Write export/: merged model, PEFT adapter + backbone delta + README, optional rank-q adapter."""
+    cfg = load_run_config(paths)
+    final = paths.latest_state()
+    rank = max(cfg.rank_groups())
+    bench = bench_for(cfg, rank)
+    adapter, backbone = read_group(paths, final, rank)
+    info: dict[str, object] = {"round": final, "rank_group": rank}
+    with commit_dir(paths.export) as out:
+        load_state_into(bench, adapter, backbone)
+        peft_glue.save_adapter(bench.model, out / "adapter")
+        deltas = peft_glue.weight_names(bench.model, backbone or {})
+        save_tensors(out / "adapter" / "backbone_delta.safetensors", deltas)
+        (out / "adapter" / "README.md").write_text(_ADAPTER_README.format(model=cfg.model, n=len(deltas)))
+        merged = peft_glue.merged_model(bench.model)
+        merged.save_pretrained(out / "merged")
+        bench.tokenizer.save_pretrained(out / "merged")
+        if rank_approx:
+            info["adapter_rank"] = _export_rank(bench, adapter, backbone or {}, cfg, rank_approx, out / "adapter-rank")
+        write_json(out / "export.json", info)
+    return info
+
+
+def _export_rank(bench: Bench, adapter: dict[str, torch.Tensor], backbone: dict[str, torch.Tensor], cfg: ExperimentConfig, q: int, out: Path) -> dict[str, float]:
+    """One PEFT adapter of rank q approximating backbone delta + s B A; its relative error."""
+    factors = _factors(cfg, adapter, max(cfg.rank_groups()))
+    approx, err2, total2 = {}, 0.0, 0.0
+    for layer, f in factors.items():
+        full = f.delta().double() + backbone.get(layer, torch.zeros(f.d_out, f.d_in)).double()
+        U, S, Vh = torch.linalg.svd(full, full_matrices=False)
+        k = min(q, S.shape[0])
+        approx[layer] = LoraFactors(A=(Vh[:k] * S[:k, None]).float(), B=U[:, :k].float(), alpha=float(k))
+        err2 += float((S[k:] ** 2).sum())
+        total2 += float((S**2).sum())
+    peft_glue.save_adapter_factors(bench.model, approx, out, rank=q)
+    return {"rank": q, "relative_error": math.sqrt(err2 / total2) if total2 else 0.0}
+
+
+_ADAPTER_README = """# FedMomentum adapter export
+
+Base model: `{model}`. FedMomentum merges part of every round's update into the backbone,
+so the adapter alone is not the whole fine-tuning: first add `backbone_delta.safetensors`
+({n} tensors, keyed by the base model's weight names) to the base weights, then load the
+adapter with PEFT:
+
+```python
+import torch
+from safetensors.torch import load_file
+from peft import PeftModel
+from transformers import AutoModelForCausalLM
+
+base = AutoModelForCausalLM.from_pretrained(BASE_DIR, dtype=torch.float32)
+state = base.state_dict()
+with torch.no_grad():
+    for name, delta in load_file("adapter/backbone_delta.safetensors").items():
+        state[name].add_(delta)
+model = PeftModel.from_pretrained(base, "adapter")
+```
+
+`../merged/` is the same model with everything merged: load it with
+`AutoModelForCausalLM.from_pretrained`. `../adapter-rank/` (if present) is a single plain
+PEFT adapter approximating the whole delta at a fixed rank; `../export.json` has its error.
+"""
+
+
+# ---- the in-process loop ----------------------------------------------------------------------
+
+
+def run(cfg: ExperimentConfig, root: Path, *, progress: bool = True, export_rank: int | None = None) -> list[dict[str, object]]:
+    """Run (or resume) a whole experiment in this process; returns one summary per round."""
+    from tqdm.auto import tqdm
+
+    paths = prepare(cfg, root)
+    start_round = paths.latest_state()
+    summaries: list[dict[str, object]] = []
+    log = _MetricsLog(paths.metrics)
+    if start_round == 0:
+        log.write({"kind": "eval", "round": -1, **evaluate(paths, 0)})
+    rounds = tqdm(range(start_round, cfg.federation.rounds), desc="rounds", disable=not progress, initial=start_round, total=cfg.federation.rounds)
+    for t in rounds:
+        t0 = time.perf_counter()
+        records = []
+        for c in sample_clients(cfg, t):
+            steps = tqdm(desc=f"round {t} client {c}", total=None, leave=False, disable=not progress)
+            rec = train_client(paths, t, c, on_step=lambda s, loss, bar=steps: (bar.update(1), bar.set_postfix(loss=f"{loss:.3f}")))
+            steps.close()
+            records.append(rec)
+            for step, loss in enumerate(rec.losses):
+                log.write({"kind": "client_step", "round": t, "client": c, "step": step, "loss": loss})
+            log.write({"kind": "client", **{k: v for k, v in asdict(rec).items() if k != "losses"}})
+        train_seconds = sum(r.seconds for r in records)
+        summary = aggregate(paths, t, records)
+        for layer, diag in summary.pop("diagnostics").items():  # type: ignore[attr-defined]
+            log.write({"kind": "diagnostics", "round": t, "layer": layer, **diag})
+        scores = evaluate(paths, t + 1, [r.client for r in records if r.ok])
+        summary.update(scores, round_seconds=time.perf_counter() - t0, train_seconds=train_seconds)
+        log.write({"kind": "round", **summary})
+        summaries.append(summary)
+        rounds.set_postfix(acc=f"{scores['accuracy']:.3f}", loss=f"{scores['eval_loss']:.3f}")
+    export(paths, export_rank)
+    return summaries
+
+
+class _MetricsLog:
+    """Append-only JSON lines."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def write(self, record: dict[str, object]) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps(record, default=str) + "\n")
+
+
+def remove_run(root: Path) -> None:
+    shutil.rmtree(root, ignore_errors=True)
