@@ -16,11 +16,12 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import json
+import logging
 import os
 import shutil
 import socket
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,8 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 from transformers.utils import logging as hf_logging
+
+log = logging.getLogger(__name__)
 
 CAUSAL_LM = "causal-lm"
 SEQ_CLS = "seq-cls"
@@ -185,7 +188,9 @@ def _load_dir(
 
 
 @torch.no_grad()
-def _check_logits(a: PreTrainedModel, b: PreTrainedModel, tokenizer: PreTrainedTokenizerBase):
+def _check_logits(
+    a: PreTrainedModel, b: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
+) -> None:
     ids = tokenizer(_CHECK_PROMPT, return_tensors="pt").input_ids
     la, lb = a(input_ids=ids).logits, b(input_ids=ids).logits
     if not torch.allclose(la, lb, atol=1e-5, rtol=0):
@@ -193,34 +198,45 @@ def _check_logits(a: PreTrainedModel, b: PreTrainedModel, tokenizer: PreTrainedT
         raise RuntimeError(f"smollm2-135m: converted model differs from GGUF (max |dlogit| {diff})")
 
 
-def _convert_smollm2(target: Path) -> None:
-    """Dequantise the GGUF once into ``target``; atomic and safe for concurrent processes.
+def publish_dir(target: Path, build: Callable[[Path], None]) -> Path:
+    """Create directory ``target`` atomically: ``build`` fills a temp dir that is renamed in.
 
-    Each process writes its own temp dir next to ``target`` and renames it into place; a
-    rename onto an existing (non-empty) directory fails, and then the winner's copy is used.
+    Safe for concurrent processes: renaming onto an existing, non-empty directory fails, and
+    then the copy of whichever process won is kept. Returns ``target``.
     """
     target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        build(tmp)
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            if not target.is_dir() or not any(target.iterdir()):
+                raise
+            # Another process finished first; its copy is equivalent.
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _convert_smollm2(target: Path) -> None:
+    """Dequantise the GGUF once into ``target`` (safetensors), verifying the logits."""
+    log.info("converting SmolLM2-135M GGUF into %s (once, ~15 s)", target)
     model, tokenizer = _smollm2_from_gguf()
     # The GGUF quantizer refuses to serialise; the weights are already float32, so drop it.
     # The config entry must go too, or a reload would route through the GGUF quantizer again.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
+
+    def build(tmp: Path) -> None:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / "fedmomentum.json").write_text(json.dumps({"source": _smollm2_source()}))
         cached, _ = _load_dir(tmp, CAUSAL_LM)
         _check_logits(model, cached, tokenizer)
-        try:
-            os.rename(tmp, target)
-        except OSError:
-            if not (target / "config.json").exists():
-                raise
-            # Another process finished first; its copy is equivalent.
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+
+    publish_dir(target, build)
 
 
 def _smollm2_source() -> str:
@@ -241,10 +257,27 @@ def _load_smollm2(cache_dir: Path) -> tuple[PreTrainedModel, PreTrainedTokenizer
 _TINY_SPECIALS = ("<|endoftext|>",)
 
 
+def _byte_symbols() -> list[str]:
+    """The ByteLevel pre-tokenizer's printable stand-in for each byte 0..255 (GPT-2's map).
+
+    Printable Latin-1 bytes stand for themselves, the rest are shifted to 256 + n, so that
+    token id == byte value.
+    """
+    printable = {*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAC + 1), *range(0xAE, 0xFF + 1)}
+    symbols, shifted = [], 0
+    for byte in range(256):
+        if byte in printable:
+            symbols.append(chr(byte))
+        else:
+            symbols.append(chr(256 + shifted))
+            shifted += 1
+    assert set(symbols) == set(pre_tokenizers.ByteLevel.alphabet())
+    return symbols
+
+
 def _byte_tokenizer() -> PreTrainedTokenizerFast:
     """One token per byte (GPT-2 byte alphabet) plus <|endoftext|>: no files, no merges."""
-    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    vocab = {symbol: i for i, symbol in enumerate(alphabet)}
+    vocab = {symbol: byte for byte, symbol in enumerate(_byte_symbols())}
     backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
@@ -292,7 +325,8 @@ def _local_task(path: Path, num_labels: int | None) -> str:
     """seq-cls when labels are asked for or the checkpoint is a classifier, else causal-lm."""
     if num_labels is not None:
         return SEQ_CLS
-    config = json.loads((path / "config.json").read_text()) if (path / "config.json").exists() else {}
+    config_file = path / "config.json"
+    config = json.loads(config_file.read_text()) if config_file.exists() else {}
     archs = config.get("architectures") or []
     return SEQ_CLS if any(a.endswith("ForSequenceClassification") for a in archs) else CAUSAL_LM
 
@@ -371,8 +405,9 @@ def model_fingerprint(name: str) -> str:
     elif Path(name).expanduser().is_dir():
         path = Path(name).expanduser().resolve()
         files = sorted(p for p in path.iterdir() if p.is_file())
-        source = str(path) + "".join(f"|{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}"
-                                     for p in files)
+        source = str(path) + "".join(
+            f"|{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files
+        )
     else:
         source = f"hub:{name}"
     return f"{name}@{hashlib.sha256(source.encode()).hexdigest()[:12]}"

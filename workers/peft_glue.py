@@ -12,15 +12,24 @@ import copy
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from peft import LoraConfig, PeftModel, TaskType, get_peft_model, get_peft_model_state_dict
 from peft.tuners.lora import LoraLayer
 from peft.utils.other import ModulesToSaveWrapper
+from safetensors.torch import save_file
 from torch import Tensor
 from transformers import PreTrainedModel
 
-from workers.federated.lora import Delta, LoraFactors, from_peft_state_dict, merge_delta, to_dense
+from workers.federated.lora import (
+    Delta,
+    LoraFactors,
+    from_peft_state_dict,
+    merge_delta,
+    to_dense,
+    to_peft_state_dict,
+)
 
 _TASK_TYPES = {"causal-lm": TaskType.CAUSAL_LM, "seq-cls": TaskType.SEQ_CLS}
 
@@ -75,17 +84,25 @@ def attach_lora(model: PreTrainedModel, lora: LoraSettings, *, task: str, seed: 
         peft_model = get_peft_model(model, config)
     if task == "seq-cls" and not _head_modules(peft_model):
         raise ValueError("seq-cls model has no classifier head PEFT can train (classifier/score)")
-    # Re-draw A from a private generator in a fixed (sorted) layer order, with PEFT's own
-    # distribution, so the initial A does not depend on PEFT's init order or the global RNG.
+    reinit_lora(peft_model, seed)
+    return peft_model
+
+
+def reinit_lora(model: PeftModel, seed: int) -> None:
+    """A fresh LoRA in place: A drawn from ``seed``, B = 0 (FLoRA restarts every round).
+
+    A uses PEFT's own distribution but a private generator and a fixed (sorted) layer order, so
+    it does not depend on PEFT's init order or the global RNG: every client gets the same A.
+    """
     generator = torch.Generator().manual_seed(seed)
+    adapter = model.active_adapter
     with torch.no_grad():
-        for _, layer in sorted(_lora_layers(peft_model).items()):
-            A = layer.lora_A[peft_model.active_adapter].weight
+        for _, layer in sorted(_lora_layers(model).items()):
+            A = layer.lora_A[adapter].weight
             init = torch.empty(A.shape, dtype=torch.float32)
             torch.nn.init.kaiming_uniform_(init, a=math.sqrt(5), generator=generator)
             A.copy_(init)
-            layer.lora_B[peft_model.active_adapter].weight.zero_()
-    return peft_model
+            layer.lora_B[adapter].weight.zero_()
 
 
 def get_lora_factors(model: PeftModel) -> dict[str, LoraFactors]:
@@ -104,17 +121,18 @@ def get_lora_factors(model: PeftModel) -> dict[str, LoraFactors]:
 
 
 def set_lora_factors(model: PeftModel, layers: Mapping[str, LoraFactors]) -> None:
-    """Copy factors into the model in place; layers, ranks and scaling must match."""
+    """Copy A and B into the model in place; the layers and ranks must match.
+
+    The factors' alpha and rslora are not used: the adapter's config fixes the scaling.
+    """
     modules = _lora_layers(model)
     if set(layers) != set(modules):
         unknown, missing = sorted(set(layers) - set(modules)), sorted(set(modules) - set(layers))
-        raise ValueError(f"LoRA layers do not match the model: unknown {unknown}, missing {missing}")
-    config = _config(model)
+        raise ValueError(
+            f"LoRA layers do not match the model: unknown {unknown}, missing {missing}"
+        )
     adapter = model.active_adapter
     for name, f in layers.items():
-        # A different alpha or rsLoRA flag would silently rescale the update.
-        if f.alpha != float(config.lora_alpha) or f.rslora != bool(config.use_rslora):
-            raise ValueError(f"layer {name!r}: factors' alpha/rslora differ from the adapter's")
         A = modules[name].lora_A[adapter].weight
         B = modules[name].lora_B[adapter].weight
         if f.A.shape != A.shape or f.B.shape != B.shape:
@@ -167,6 +185,60 @@ def apply_backbone_delta(model: PeftModel, deltas: Mapping[str, Delta]) -> None:
             modules[name].get_base_layer().weight.copy_(new)
 
 
+def base_weights(model: PeftModel) -> dict[str, Tensor]:
+    """Layer -> its frozen base weight (the live parameter, in its stored orientation)."""
+    return {name: m.get_base_layer().weight for name, m in sorted(_lora_layers(model).items())}
+
+
+# --- export ---------------------------------------------------------------------------------
+
+_PREFIX = "base_model.model."
+
+
+def weight_names(model: PeftModel, deltas: Mapping[str, Delta]) -> dict[str, Tensor]:
+    """Backbone deltas keyed by the plain model's weight names, in the stored orientation.
+
+    E.g. ``model.layers.0.self_attn.q_proj.weight``: the form a user adds to the base weights.
+    """
+    modules = _lora_layers(model)
+    fan_in_fan_out = bool(_config(model).fan_in_fan_out)
+    out = {}
+    for name, delta in deltas.items():
+        if name not in modules:
+            raise ValueError(f"layer {name!r}: no such LoRA layer in the model")
+        dense = to_dense(delta).detach().to(device="cpu", dtype=torch.float32)
+        out[f"{name.removeprefix(_PREFIX)}.weight"] = (dense.T if fan_in_fan_out else dense).clone()
+    return out
+
+
+def save_adapter(model: PeftModel, directory: Path) -> None:
+    """The adapter (and a seq-cls head) as a PEFT directory: loadable with PeftModel."""
+    model.save_pretrained(directory)
+
+
+def save_adapter_factors(
+    model: PeftModel, layers: Mapping[str, LoraFactors], directory: Path, *, rank: int
+) -> None:
+    """A PEFT adapter directory holding ``layers`` (all of rank ``rank``) in place of the
+    model's own factors; config and head come from ``model``, scaling from the factors."""
+    if set(layers) != set(_lora_layers(model)):
+        raise ValueError("factors must cover exactly the model's LoRA layers")
+    settings = {(f.r, f.alpha, f.rslora) for f in layers.values()}
+    if len(settings) != 1 or next(iter(settings))[0] != rank:
+        raise ValueError(f"every layer needs rank {rank} and one alpha/rslora; got {settings}")
+    _, alpha, rslora = settings.pop()
+    config = copy.deepcopy(_config(model))
+    config.r, config.lora_alpha, config.use_rslora = rank, alpha, rslora
+    config.inference_mode = True  # as PeftModel.save_pretrained writes it
+    directory.mkdir(parents=True, exist_ok=True)
+    config.save_pretrained(str(directory))
+    state = {**to_peft_state_dict(layers), **get_head_state(model)}
+    tensors = {
+        k: v.detach().to(device="cpu", dtype=torch.float32).contiguous() for k, v in state.items()
+    }
+    save_file(tensors, str(directory / "adapter_model.safetensors"), metadata={"format": "pt"})
+
+
 def merged_model(model: PeftModel) -> PreTrainedModel:
     """A plain model with LoRA (and the trained head) folded in, for export; input untouched."""
     merged = copy.deepcopy(model).merge_and_unload()
@@ -190,8 +262,9 @@ def set_head_state(model: PeftModel, state: Mapping[str, Tensor]) -> None:
         for key, t in module.state_dict().items()
     }
     if set(state) != set(params):
-        raise ValueError(f"head keys do not match the model: got {sorted(state)}, "
-                         f"expected {sorted(params)}")
+        raise ValueError(
+            f"head keys do not match the model: got {sorted(state)}, expected {sorted(params)}"
+        )
     for key, t in state.items():
         if t.shape != params[key].shape:
             raise ValueError(f"head {key!r}: shape {tuple(t.shape)} != {tuple(params[key].shape)}")

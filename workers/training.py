@@ -90,13 +90,13 @@ def train_local(
     for step, idx in enumerate(batch_order(len(data), steps, cfg.batch_size, seed)):
         loss = model(**make_batch([data[i] for i in idx], pad_id, device)).loss
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"local training diverged at step {step}: loss={float(loss)}")
+            raise FloatingPointError(f"local training diverged at step {step}: loss={loss.item()}")
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
-        losses.append(float(loss))
+        losses.append(loss.item())
         if on_step is not None:
             on_step(step, losses[-1])
     model.eval()
