@@ -31,7 +31,10 @@ def _export(args: argparse.Namespace) -> int:
 
 def _table(summaries: list[dict[str, object]]) -> str:
     """The final per-round table."""
-    head = f"{'round':>5} {'clients':>7} {'failed':>6} {'eval_loss':>9} {'accuracy':>8} {'resid_E':>8} {'seconds':>8}"
+    head = (
+        f"{'round':>5} {'clients':>7} {'failed':>6} {'eval_loss':>9} {'accuracy':>8} "
+        f"{'resid_E':>8} {'seconds':>8}"
+    )
     rows = [head, "-" * len(head)]
     for s in summaries:
         energy = s.get("mean_residual_energy")
@@ -48,7 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run a federated experiment in this process")
     run.add_argument("config", type=Path, help="YAML experiment config (see examples/)")
-    run.add_argument("--out", type=Path, help="run directory (default runs/<name>; resumes if present)")
+    run.add_argument(
+        "--out", type=Path, help="run directory (default runs/<name>; resumes if present)"
+    )
     run.add_argument("--export-rank", type=int, help="also export one PEFT adapter of this rank")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     run.set_defaults(func=_run)

@@ -43,7 +43,9 @@ class LoraConfig(_Strict):
     rank: int = Field(8, gt=0, le=256, description="LoRA rank r of the global adapter")
     alpha: float = Field(16.0, gt=0, description="LoRA alpha; scaling = alpha / r")
     dropout: float = Field(0.05, ge=0, lt=1)
-    target_modules: list[str] | None = Field(None, description="default: the model's q/v projections")
+    target_modules: list[str] | None = Field(
+        None, description="default: the model's q/v projections"
+    )
     rslora: bool = Field(False, description="scaling alpha / sqrt(r)")
 
 
@@ -60,7 +62,9 @@ class FederationConfig(_Strict):
     clients_per_round: int = Field(5, gt=0)
     rounds: int = Field(5, gt=0, le=10_000)
     min_clients_per_round: int = Field(1, gt=0, description="fewer successes retry the round")
-    client_ranks: list[int] | None = Field(None, description="per-client LoRA ranks (heterogeneous)")
+    client_ranks: list[int] | None = Field(
+        None, description="per-client LoRA ranks (heterogeneous)"
+    )
 
     @model_validator(mode="after")
     def _counts(self) -> FederationConfig:
@@ -121,7 +125,9 @@ class ExperimentConfig(_Strict):
     def _model(cls, v: str) -> str:
         if v in MODELS or Path(v).is_dir() or "/" in v:  # built-in, local dir, or a hub id
             return v
-        raise ValueError(f"unknown model {v!r}; built-in: {', '.join(MODELS)}, or a local model directory")
+        raise ValueError(
+            f"unknown model {v!r}; built-in: {', '.join(MODELS)}, or a local model directory"
+        )
 
     @field_validator("dataset")
     @classmethod
@@ -142,7 +148,11 @@ class ExperimentConfig(_Strict):
     @model_validator(mode="after")
     def _strategy_fits(self) -> ExperimentConfig:
         ranks = self.federation.client_ranks
-        if ranks and len(set(ranks)) > 1 and self.strategy not in ("flora", "flexlora", "fedmomentum"):
+        if (
+            ranks
+            and len(set(ranks)) > 1
+            and self.strategy not in ("flora", "flexlora", "fedmomentum")
+        ):
             raise ValueError(
                 f"federation.client_ranks: strategy {self.strategy!r} needs equal ranks; "
                 "heterogeneous ranks: flora, flexlora, fedmomentum"

@@ -23,7 +23,9 @@ from workers.runner import run
 def measure(config: Path, strategy: str, rounds: int | None, out: Path) -> dict[str, object]:
     cfg = load_config(config)
     fed = cfg.federation.model_copy(update={"rounds": rounds or cfg.federation.rounds})
-    cfg = cfg.model_copy(update={"strategy": strategy, "name": f"bench-{strategy}", "federation": fed})
+    cfg = cfg.model_copy(
+        update={"strategy": strategy, "name": f"bench-{strategy}", "federation": fed}
+    )
     start = time.perf_counter()
     summaries = run(cfg, out / strategy, progress=False)
     lines = (out / strategy / "metrics.jsonl").read_text().splitlines()
@@ -42,7 +44,9 @@ def first_round_at(accuracies: list[float], target: float) -> int | None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config", type=Path, default=Path("examples/demo.yaml"))
     parser.add_argument("--strategies", default=",".join(STRATEGIES))
     parser.add_argument("--rounds", type=int)
@@ -58,7 +62,10 @@ def main() -> None:
         if args.json:
             print(json.dumps(row), flush=True)
     if not args.json:
-        print(f"{'strategy':<12} {'acc@0':>6} {'final acc':>9} {'final loss':>10} {'rounds->' + str(args.target):>12} {'seconds':>8}")
+        print(
+            f"{'strategy':<12} {'acc@0':>6} {'final acc':>9} {'final loss':>10} "
+            f"{'rounds->' + str(args.target):>12} {'seconds':>8}"
+        )
         for r in rows:
             reach = r["rounds_to_target"] or "-"
             print(

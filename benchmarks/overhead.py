@@ -20,13 +20,17 @@ from workers.runner import run
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config", type=Path, default=Path("examples/demo.yaml"))
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     cfg = load_config(args.config)
-    cfg = cfg.model_copy(update={"federation": cfg.federation.model_copy(update={"rounds": args.rounds})})
+    cfg = cfg.model_copy(
+        update={"federation": cfg.federation.model_copy(update={"rounds": args.rounds})}
+    )
     with tempfile.TemporaryDirectory() as out:
         summaries = run(cfg, Path(out), progress=False)
     for s in summaries:
@@ -41,7 +45,13 @@ def main() -> None:
             "overhead_seconds": overhead,
             "overhead_share": overhead / wall,  # type: ignore[operator]
         }
-        print(json.dumps(row) if args.json else "  ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+        print(
+            json.dumps(row)
+            if args.json
+            else "  ".join(
+                f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()
+            )
+        )
 
 
 if __name__ == "__main__":

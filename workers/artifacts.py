@@ -11,11 +11,11 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -28,7 +28,9 @@ def _tmp_near(path: Path) -> Path:
     return Path(tmp)
 
 
-def save_tensors(path: Path, tensors: Mapping[str, torch.Tensor], meta: dict[str, str] | None = None) -> None:
+def save_tensors(
+    path: Path, tensors: Mapping[str, torch.Tensor], meta: dict[str, str] | None = None
+) -> None:
     """Write a safetensors file atomically (CPU, contiguous)."""
     tmp = _tmp_near(path)
     try:

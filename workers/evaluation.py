@@ -13,7 +13,9 @@ from workers.training import Encoded, make_batch
 
 
 @torch.no_grad()
-def eval_loss(model: nn.Module, data: Sequence[Encoded], batch_size: int, pad_id: int, device: torch.device) -> float:
+def eval_loss(
+    model: nn.Module, data: Sequence[Encoded], batch_size: int, pad_id: int, device: torch.device
+) -> float:
     """Mean cross-entropy per answer token (LMs) or per example (classifiers)."""
     model.eval()
     total, count = 0.0, 0
@@ -23,7 +25,14 @@ def eval_loss(model: nn.Module, data: Sequence[Encoded], batch_size: int, pad_id
         logits = model(**batch).logits.float()
         if labels.ndim == 2:  # causal LM: position t predicts token t + 1
             logits, labels = logits[:, :-1], labels[:, 1:]
-        total += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), reduction="sum", ignore_index=-100))
+        total += float(
+            F.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]),
+                labels.reshape(-1),
+                reduction="sum",
+                ignore_index=-100,
+            )
+        )
         count += int((labels != -100).sum())
     return total / max(1, count)
 
@@ -36,7 +45,12 @@ def _prompt_ids(item: Encoded) -> list[int]:
 
 @torch.no_grad()
 def generate_answers(
-    model: nn.Module, tokenizer, data: Sequence[Encoded], batch_size: int, max_new_tokens: int, device: torch.device
+    model: nn.Module,
+    tokenizer,
+    data: Sequence[Encoded],
+    batch_size: int,
+    max_new_tokens: int,
+    device: torch.device,
 ) -> list[str]:
     """Greedy continuations of each prompt (left-padded batches)."""
     model.eval()
@@ -47,7 +61,13 @@ def generate_answers(
         width = max(len(p) for p in prompts)
         ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=device)
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
-        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad)
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=pad,
+        )
         texts += tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
     return texts
 
@@ -74,7 +94,9 @@ def accuracy(
             hits += int((model(**batch).logits.argmax(-1) == labels).sum())
         return hits / len(data)
     answers = generate_answers(model, tokenizer, data, batch_size, max_new_tokens, device)
-    return sum(task.is_correct(ex, text) for ex, text in zip(examples, answers, strict=True)) / len(examples)
+    return sum(task.is_correct(ex, text) for ex, text in zip(examples, answers, strict=True)) / len(
+        examples
+    )
 
 
 def answer_budget(data: Sequence[Encoded]) -> int:

@@ -23,7 +23,14 @@ import yaml
 from backend.config import ExperimentConfig
 from backend.settings import get_settings
 from workers import peft_glue
-from workers.artifacts import RunPaths, commit_dir, load_tensors, read_json, save_tensors, write_json
+from workers.artifacts import (
+    RunPaths,
+    commit_dir,
+    load_tensors,
+    read_json,
+    save_tensors,
+    write_json,
+)
 from workers.data import TaskData, load_dataset, partition, split_hash
 from workers.evaluation import accuracy, answer_budget, eval_loss
 from workers.federated import (
@@ -133,7 +140,9 @@ def _bench(cfg_json: str, rank: int) -> Bench:
     labels = len(task_of(cfg).labels) if kind == "seq-cls" else None
     model, tokenizer = load_model(cfg.model, num_labels=labels, seed=cfg.seed)
     device = resolve_device(cfg.device)
-    peft = peft_glue.attach_lora(model, lora_settings(cfg, rank), task=kind, seed=cfg.seed).to(device)
+    peft = peft_glue.attach_lora(model, lora_settings(cfg, rank), task=kind, seed=cfg.seed).to(
+        device
+    )
     base = {name: w.detach().clone() for name, w in peft_glue.base_weights(peft).items()}
     return Bench(peft, tokenizer, kind, base, device)
 
@@ -163,7 +172,9 @@ def encoded(cfg: ExperimentConfig, rank: int, split: str) -> list[Encoded]:
     return _encoded(_model_key(cfg), cfg.training.max_length, rank, split)
 
 
-def load_state_into(bench: Bench, adapter: dict[str, torch.Tensor], backbone: dict[str, torch.Tensor] | None) -> None:
+def load_state_into(
+    bench: Bench, adapter: dict[str, torch.Tensor], backbone: dict[str, torch.Tensor] | None
+) -> None:
     """Set the bench to base + backbone delta + adapter: cost independent of the round."""
     deltas = backbone or {}
     with torch.no_grad():
@@ -188,11 +199,15 @@ def _backbone_file(state_dir: Path, rank: int) -> Path:
     return state_dir / f"backbone-r{rank}.safetensors"
 
 
-def read_group(paths: RunPaths, round_num: int, rank: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None]:
+def read_group(
+    paths: RunPaths, round_num: int, rank: int
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None]:
     """(adapter tensors, dense backbone deltas or None) of a rank group at a round's start."""
     state = paths.state(round_num)
     backbone = _backbone_file(state, rank)
-    return load_tensors(_adapter_file(state, rank)), (load_tensors(backbone) if backbone.exists() else None)
+    return load_tensors(_adapter_file(state, rank)), (
+        load_tensors(backbone) if backbone.exists() else None
+    )
 
 
 def fresh_adapter(bench: Bench, seed: int) -> dict[str, torch.Tensor]:
@@ -249,19 +264,35 @@ def _manifest(cfg: ExperimentConfig, data_hash: str) -> dict[str, object]:
     }
 
 
-def train_client(paths: RunPaths, round_num: int, client: int, on_step: StepCallback | None = None) -> ClientRecord:
+def train_client(
+    paths: RunPaths, round_num: int, client: int, on_step: StepCallback | None = None
+) -> ClientRecord:
     """Train one client from its group's global state; write its upload. Never raises."""
     start = time.perf_counter()
     try:
         cfg = load_run_config(paths)
         n, losses, compute = _train(paths, cfg, round_num, client, on_step)
         upload = str(paths.upload(round_num, client))
-        return ClientRecord(round_num, client, True, n, time.perf_counter() - start, compute, upload, losses=losses)
+        return ClientRecord(
+            round_num, client, True, n, time.perf_counter() - start, compute, upload, losses=losses
+        )
     except Exception as e:  # noqa: BLE001 - a failed client is data: the round decides
-        return ClientRecord(round_num, client, False, seconds=time.perf_counter() - start, error=f"{type(e).__name__}: {e}")
+        return ClientRecord(
+            round_num,
+            client,
+            False,
+            seconds=time.perf_counter() - start,
+            error=f"{type(e).__name__}: {e}",
+        )
 
 
-def _train(paths: RunPaths, cfg: ExperimentConfig, round_num: int, client: int, on_step: StepCallback | None) -> tuple[int, list[float], float]:
+def _train(
+    paths: RunPaths,
+    cfg: ExperimentConfig,
+    round_num: int,
+    client: int,
+    on_step: StepCallback | None,
+) -> tuple[int, list[float], float]:
     strategy = get_strategy(cfg.strategy)
     rank = cfg.client_rank(client)
     bench = bench_for(cfg, rank)
@@ -269,12 +300,22 @@ def _train(paths: RunPaths, cfg: ExperimentConfig, round_num: int, client: int, 
     if strategy.personalised and paths.local(client).exists():
         adapter = {**adapter, **load_tensors(paths.local(client))}  # fedsa: own B
     load_state_into(bench, adapter, backbone)
-    peft_glue.set_trainable(bench.model, train_A="A" in strategy.trains, train_B="B" in strategy.trains)
+    peft_glue.set_trainable(
+        bench.model, train_A="A" in strategy.trains, train_B="B" in strategy.trains
+    )
     idx = read_json(paths.split)["clients"][client]
     data = [encoded(cfg, rank, "train")[i] for i in idx]
     seed = cfg.seed * 1_000_003 + round_num * 10_007 + client
     t0 = time.perf_counter()
-    losses = train_local(bench.model, data, cfg.training, seed=seed, pad_id=bench.tokenizer.pad_token_id, device=bench.device, on_step=on_step)
+    losses = train_local(
+        bench.model,
+        data,
+        cfg.training,
+        seed=seed,
+        pad_id=bench.tokenizer.pad_token_id,
+        device=bench.device,
+        on_step=on_step,
+    )
     compute = time.perf_counter() - t0
     factors = peft_glue.get_lora_factors(bench.model)
     head = {f"head.{k}": v for k, v in peft_glue.get_head_state(bench.model).items()}
@@ -297,13 +338,17 @@ def _layer_states(cfg: ExperimentConfig, paths: RunPaths, round_num: int) -> dic
             ranks=ranks,
             adapters={r: adapters[r][layer] for r in ranks},  # what each group trained from
             basis=extra.get(f"basis.{layer}"),
-            pending={r: extra[f"pending.r{r}.{layer}"] for r in ranks if f"pending.r{r}.{layer}" in extra},
+            pending={
+                r: extra[f"pending.r{r}.{layer}"] for r in ranks if f"pending.r{r}.{layer}" in extra
+            },
         )
         for layer in layers
     }
 
 
-def _factors(cfg: ExperimentConfig, tensors: dict[str, torch.Tensor], rank: int) -> dict[str, LoraFactors]:
+def _factors(
+    cfg: ExperimentConfig, tensors: dict[str, torch.Tensor], rank: int
+) -> dict[str, LoraFactors]:
     lora = {k: v for k, v in tensors.items() if ".lora_" in k}
     return from_peft_state_dict(lora, alpha=cfg.lora.alpha, rslora=cfg.lora.rslora)
 
@@ -342,27 +387,44 @@ def aggregate(paths: RunPaths, round_num: int, records: list[ClientRecord]) -> d
     }
 
 
-def _average_heads(heads: list[dict[str, torch.Tensor]], updates: list[ClientUpdate]) -> dict[str, torch.Tensor]:
+def _average_heads(
+    heads: list[dict[str, torch.Tensor]], updates: list[ClientUpdate]
+) -> dict[str, torch.Tensor]:
     """FedAvg of any fully trained extra modules (a classifier head)."""
     if not heads or not heads[0]:
         return {}
     total = sum(u.n_examples for u in updates)
-    return {k: sum(h[k] * (u.n_examples / total) for h, u in zip(heads, updates, strict=True)) for k in heads[0]}  # type: ignore[misc]
+    return {
+        k: sum(h[k] * (u.n_examples / total) for h, u in zip(heads, updates, strict=True))
+        for k in heads[0]
+    }  # type: ignore[misc]
 
 
-def _commit_state(cfg: ExperimentConfig, paths: RunPaths, round_num: int, strategy: Strategy, result: RoundAggregate, head: dict[str, torch.Tensor]) -> None:
+def _commit_state(
+    cfg: ExperimentConfig,
+    paths: RunPaths,
+    round_num: int,
+    strategy: Strategy,
+    result: RoundAggregate,
+    head: dict[str, torch.Tensor],
+) -> None:
     previous = paths.state(round_num)
     with commit_dir(paths.state(round_num + 1)) as scratch:
         server: dict[str, torch.Tensor] = {}
         for rank in cfg.rank_groups():
             adapter = _next_adapter(cfg, strategy, result, rank, round_num)
-            save_tensors(_adapter_file(scratch, rank), {**adapter, **{f"head.{k}": v for k, v in head.items()}})
+            save_tensors(
+                _adapter_file(scratch, rank),
+                {**adapter, **{f"head.{k}": v for k, v in head.items()}},
+            )
             if strategy.changes_backbone:
                 old = _backbone_file(previous, rank)
                 backbone = load_tensors(old) if old.exists() else {}
                 for layer, lr in result.layers.items():
                     if rank in lr.residuals:
-                        backbone[layer] = backbone.get(layer, 0) + to_dense(lr.residuals[rank]).float()
+                        backbone[layer] = (
+                            backbone.get(layer, 0) + to_dense(lr.residuals[rank]).float()
+                        )
                 save_tensors(_backbone_file(scratch, rank), backbone)
         for layer, lr in result.layers.items():
             if lr.state.basis is not None:
@@ -373,10 +435,14 @@ def _commit_state(cfg: ExperimentConfig, paths: RunPaths, round_num: int, strate
     _prune_backbones(paths, round_num - 1)
 
 
-def _next_adapter(cfg: ExperimentConfig, strategy: Strategy, result: RoundAggregate, rank: int, round_num: int) -> dict[str, torch.Tensor]:
+def _next_adapter(
+    cfg: ExperimentConfig, strategy: Strategy, result: RoundAggregate, rank: int, round_num: int
+) -> dict[str, torch.Tensor]:
     if strategy.reinit_lora:  # flora: a fresh LoRA every round, from a round-specific seed
         return fresh_adapter(bench_for(cfg, rank), cfg.seed * 1_000_003 + round_num + 1)
-    return to_peft_state_dict({layer: lr.state.adapters[rank] for layer, lr in result.layers.items()})
+    return to_peft_state_dict(
+        {layer: lr.state.adapters[rank] for layer, lr in result.layers.items()}
+    )
 
 
 def _prune_backbones(paths: RunPaths, round_num: int) -> None:
@@ -417,15 +483,25 @@ def _eval_bench(cfg: ExperimentConfig, bench: Bench, rank: int) -> dict[str, flo
     new_tokens = cfg.eval.max_new_tokens or (answer_budget(data) if bench.kind != "seq-cls" else 1)
     return {
         "eval_loss": eval_loss(bench.model, data, cfg.eval.batch_size, pad, bench.device),
-        "accuracy": accuracy(bench.model, bench.tokenizer, task, task.eval, data, kind=bench.kind, batch_size=cfg.eval.batch_size, max_new_tokens=new_tokens, device=bench.device),
+        "accuracy": accuracy(
+            bench.model,
+            bench.tokenizer,
+            task,
+            task.eval,
+            data,
+            kind=bench.kind,
+            batch_size=cfg.eval.batch_size,
+            max_new_tokens=new_tokens,
+            device=bench.device,
+        ),
     }
 
 
-# ---- export ---------------------------------------------------------------------------------------
+# ---- export -----------------------------------------------------------------------------
 
 
 def export(paths: RunPaths, rank_approx: int | None = None) -> dict[str, object]:
-    """Write export/: merged model, PEFT adapter + backbone delta + README, optional rank-q adapter."""
+    """Write export/: merged model, PEFT adapter + backbone delta + README, rank-q adapter."""
     cfg = load_run_config(paths)
     final = paths.latest_state()
     rank = max(cfg.rank_groups())
@@ -437,17 +513,28 @@ def export(paths: RunPaths, rank_approx: int | None = None) -> dict[str, object]
         peft_glue.save_adapter(bench.model, out / "adapter")
         deltas = peft_glue.weight_names(bench.model, backbone or {})
         save_tensors(out / "adapter" / "backbone_delta.safetensors", deltas)
-        (out / "adapter" / "README.md").write_text(_ADAPTER_README.format(model=cfg.model, n=len(deltas)))
+        (out / "adapter" / "README.md").write_text(
+            _ADAPTER_README.format(model=cfg.model, n=len(deltas))
+        )
         merged = peft_glue.merged_model(bench.model)
         merged.save_pretrained(out / "merged")
         bench.tokenizer.save_pretrained(out / "merged")
         if rank_approx:
-            info["adapter_rank"] = _export_rank(bench, adapter, backbone or {}, cfg, rank_approx, out / "adapter-rank")
+            info["adapter_rank"] = _export_rank(
+                bench, adapter, backbone or {}, cfg, rank_approx, out / "adapter-rank"
+            )
         write_json(out / "export.json", info)
     return info
 
 
-def _export_rank(bench: Bench, adapter: dict[str, torch.Tensor], backbone: dict[str, torch.Tensor], cfg: ExperimentConfig, q: int, out: Path) -> dict[str, float]:
+def _export_rank(
+    bench: Bench,
+    adapter: dict[str, torch.Tensor],
+    backbone: dict[str, torch.Tensor],
+    cfg: ExperimentConfig,
+    q: int,
+    out: Path,
+) -> dict[str, float]:
     """One PEFT adapter of rank q approximating backbone delta + s B A; its relative error."""
     factors = _factors(cfg, adapter, max(cfg.rank_groups()))
     approx, err2, total2 = {}, 0.0, 0.0
@@ -455,7 +542,9 @@ def _export_rank(bench: Bench, adapter: dict[str, torch.Tensor], backbone: dict[
         full = f.delta().double() + backbone.get(layer, torch.zeros(f.d_out, f.d_in)).double()
         U, S, Vh = torch.linalg.svd(full, full_matrices=False)
         k = min(q, S.shape[0])
-        approx[layer] = LoraFactors(A=(Vh[:k] * S[:k, None]).float(), B=U[:, :k].float(), alpha=float(k))
+        approx[layer] = LoraFactors(
+            A=(Vh[:k] * S[:k, None]).float(), B=U[:, :k].float(), alpha=float(k)
+        )
         err2 += float((S[k:] ** 2).sum())
         total2 += float((S**2).sum())
     peft_glue.save_adapter_factors(bench.model, approx, out, rank=q)
@@ -492,7 +581,9 @@ PEFT adapter approximating the whole delta at a fixed rank; `../export.json` has
 # ---- the in-process loop ----------------------------------------------------------------------
 
 
-def run(cfg: ExperimentConfig, root: Path, *, progress: bool = True, export_rank: int | None = None) -> list[dict[str, object]]:
+def run(
+    cfg: ExperimentConfig, root: Path, *, progress: bool = True, export_rank: int | None = None
+) -> list[dict[str, object]]:
     """Run (or resume) a whole experiment in this process; returns one summary per round."""
     from tqdm.auto import tqdm
 
@@ -502,17 +593,35 @@ def run(cfg: ExperimentConfig, root: Path, *, progress: bool = True, export_rank
     log = _MetricsLog(paths.metrics)
     if start_round == 0:
         log.write({"kind": "eval", "round": -1, **evaluate(paths, 0)})
-    rounds = tqdm(range(start_round, cfg.federation.rounds), desc="rounds", disable=not progress, initial=start_round, total=cfg.federation.rounds)
+    rounds = tqdm(
+        range(start_round, cfg.federation.rounds),
+        desc="rounds",
+        disable=not progress,
+        initial=start_round,
+        total=cfg.federation.rounds,
+    )
     for t in rounds:
         t0 = time.perf_counter()
         records = []
         for c in sample_clients(cfg, t):
-            steps = tqdm(desc=f"round {t} client {c}", total=None, leave=False, disable=not progress)
-            rec = train_client(paths, t, c, on_step=lambda s, loss, bar=steps: (bar.update(1), bar.set_postfix(loss=f"{loss:.3f}")))
+            steps = tqdm(
+                desc=f"round {t} client {c}", total=None, leave=False, disable=not progress
+            )
+            rec = train_client(
+                paths,
+                t,
+                c,
+                on_step=lambda s, loss, bar=steps: (
+                    bar.update(1),
+                    bar.set_postfix(loss=f"{loss:.3f}"),
+                ),
+            )
             steps.close()
             records.append(rec)
             for step, loss in enumerate(rec.losses):
-                log.write({"kind": "client_step", "round": t, "client": c, "step": step, "loss": loss})
+                log.write(
+                    {"kind": "client_step", "round": t, "client": c, "step": step, "loss": loss}
+                )
             log.write({"kind": "client", **{k: v for k, v in asdict(rec).items() if k != "losses"}})
         summary = aggregate(paths, t, records)
         for layer, diag in summary.pop("diagnostics").items():  # type: ignore[attr-defined]

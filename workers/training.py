@@ -28,16 +28,25 @@ def encode(
         out = []
         for ex in examples:
             enc = tokenizer(ex.prompt, truncation=True, max_length=max_length)
-            out.append({**{k: list(enc[k]) for k in ("input_ids", "attention_mask")}, "label": [index[ex.label]]})
+            out.append(
+                {
+                    **{k: list(enc[k]) for k in ("input_ids", "attention_mask")},
+                    "label": [index[ex.label]],
+                }
+            )
         return out
     return [tokenize_example(ex, tokenizer, max_length) for ex in examples]
 
 
-def make_batch(items: Sequence[Encoded], pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
+def make_batch(
+    items: Sequence[Encoded], pad_id: int, device: torch.device
+) -> dict[str, torch.Tensor]:
     """Right-padded tensors on the device; classifiers get ``labels`` of shape (batch,)."""
     if "label" in items[0]:
         labels = torch.tensor([it["label"][0] for it in items])
-        batch = collate([{k: it[k] for k in ("input_ids", "attention_mask")} for it in items], pad_id)
+        batch = collate(
+            [{k: it[k] for k in ("input_ids", "attention_mask")} for it in items], pad_id
+        )
         batch["labels"] = labels
     else:
         batch = collate(list(items), pad_id)

@@ -14,7 +14,11 @@ EXAMPLES = Path(__file__).parents[2] / "examples"
 
 def test_defaults_are_the_demo():
     cfg = ExperimentConfig()
-    assert (cfg.model, cfg.dataset, cfg.strategy) == ("smollm2-135m", "wordnet-topics", "fedmomentum")
+    assert (cfg.model, cfg.dataset, cfg.strategy) == (
+        "smollm2-135m",
+        "wordnet-topics",
+        "fedmomentum",
+    )
     assert cfg.rank_groups() == [8]
 
 
@@ -26,16 +30,34 @@ def test_every_example_config_is_valid(path):
 @pytest.mark.parametrize(
     ("data", "message"),
     [
-        ({"strategy": "fedavg"}, r"strategy: unknown strategy 'fedavg'; allowed: fedmomentum, fedit"),
+        (
+            {"strategy": "fedavg"},
+            r"strategy: unknown strategy 'fedavg'; allowed: fedmomentum, fedit",
+        ),
         ({"model": "gpt5"}, r"model: unknown model 'gpt5'; built-in: smollm2-135m, tiny-llama"),
         ({"dataset": "mnist"}, r"dataset: unknown dataset 'mnist'; allowed: wordnet-topics, arith"),
         ({"lora": {"rank": 0}}, r"lora.rank: Input should be greater than 0"),
-        ({"data": {"partition": "random"}}, r"data.partition: unknown partition 'random'; allowed: iid"),
-        ({"federation": {"num_clients": 3, "clients_per_round": 4}}, r"federation: clients_per_round \(4\) must be <= num_clients \(3\)"),
-        ({"strategy": "fedit", "federation": {"num_clients": 2, "clients_per_round": 2, "client_ranks": [4, 8]}}, r"strategy 'fedit' needs equal ranks"),
+        (
+            {"data": {"partition": "random"}},
+            r"data.partition: unknown partition 'random'; allowed: iid",
+        ),
+        (
+            {"federation": {"num_clients": 3, "clients_per_round": 4}},
+            r"federation: clients_per_round \(4\) must be <= num_clients \(3\)",
+        ),
+        (
+            {
+                "strategy": "fedit",
+                "federation": {"num_clients": 2, "clients_per_round": 2, "client_ranks": [4, 8]},
+            },
+            r"strategy 'fedit' needs equal ranks",
+        ),
         ({"training": {"lr": -1}}, r"training.lr: Input should be greater than 0"),
         ({"trainig": {}}, r"trainig: Extra inputs are not permitted"),
-        ({"aggregation": {"svd": "qr"}}, r"aggregation.svd: Input should be 'factored', 'randomized' or 'dense'"),
+        (
+            {"aggregation": {"svd": "qr"}},
+            r"aggregation.svd: Input should be 'factored', 'randomized' or 'dense'",
+        ),
     ],
 )
 def test_bad_config_names_the_field(data, message):
@@ -44,7 +66,9 @@ def test_bad_config_names_the_field(data, message):
 
 
 def test_heterogeneous_ranks_are_accepted_by_fedmomentum():
-    cfg = parse_config({"federation": {"num_clients": 3, "clients_per_round": 2, "client_ranks": [4, 8, 4]}})
+    cfg = parse_config(
+        {"federation": {"num_clients": 3, "clients_per_round": 2, "client_ranks": [4, 8, 4]}}
+    )
     assert cfg.rank_groups() == [4, 8]
     assert [cfg.client_rank(c) for c in range(3)] == [4, 8, 4]
 
