@@ -1,4 +1,11 @@
-"""Evaluation of a model on the held-out set: loss on answer tokens and task accuracy."""
+"""Evaluation on the held-out set: loss on answer tokens and task accuracy.
+
+One teacher-forced pass gives the loss and, per example, whether greedy decoding would
+reproduce the reference answer: greedy decoding emits the answer's tokens exactly when the
+argmax at every answer position is the next answer token. For label tasks and classifiers
+that is the accuracy, with no generation at all; tasks scored on free text (the final
+number, a contained answer) generate.
+"""
 
 from __future__ import annotations
 
@@ -13,28 +20,35 @@ from workers.training import Encoded, make_batch
 
 
 @torch.no_grad()
-def eval_loss(
+def score(
     model: nn.Module, data: Sequence[Encoded], batch_size: int, pad_id: int, device: torch.device
-) -> float:
-    """Mean cross-entropy per answer token (LMs) or per example (classifiers)."""
+) -> tuple[float, list[bool]]:
+    """(mean cross-entropy per answer token or example, greedy-reproduces-answer per example)."""
     model.eval()
-    total, count = 0.0, 0
+    total, count, hits = 0.0, 0, []
     for i in range(0, len(data), batch_size):
         batch = make_batch(data[i : i + batch_size], pad_id, device)
         labels = batch.pop("labels")
         logits = model(**batch).logits.float()
         if labels.ndim == 2:  # causal LM: position t predicts token t + 1
             logits, labels = logits[:, :-1], labels[:, 1:]
-        total += float(
-            F.cross_entropy(
-                logits.reshape(-1, logits.shape[-1]),
-                labels.reshape(-1),
-                reduction="sum",
-                ignore_index=-100,
-            )
-        )
+            answer = (labels != -100) & (labels != pad_id)  # the closing eos is not the answer
+            right = (logits.argmax(-1) == labels) | ~answer
+            hits += right.all(dim=1).tolist()
+        else:
+            hits += (logits.argmax(-1) == labels).tolist()
+        flat = logits.reshape(-1, logits.shape[-1])
+        ce = F.cross_entropy(flat, labels.reshape(-1), reduction="sum", ignore_index=-100)
+        total += float(ce)
         count += int((labels != -100).sum())
-    return total / max(1, count)
+    return total / max(1, count), hits
+
+
+def eval_loss(
+    model: nn.Module, data: Sequence[Encoded], batch_size: int, pad_id: int, device: torch.device
+) -> float:
+    """Mean cross-entropy per answer token (LMs) or per example (classifiers)."""
+    return score(model, data, batch_size, pad_id, device)[0]
 
 
 def _prompt_ids(item: Encoded) -> list[int]:
@@ -72,8 +86,7 @@ def generate_answers(
     return texts
 
 
-@torch.no_grad()
-def accuracy(
+def evaluate_model(
     model: nn.Module,
     tokenizer,
     task: TaskData,
@@ -82,21 +95,16 @@ def accuracy(
     *,
     kind: str,
     batch_size: int,
-    max_new_tokens: int,
+    max_new_tokens: int | None,
     device: torch.device,
-) -> float:
-    """Share of held-out examples answered correctly (argmax class, or generated answer)."""
-    if kind == "seq-cls":
-        hits = 0
-        for i in range(0, len(data), batch_size):
-            batch = make_batch(data[i : i + batch_size], tokenizer.pad_token_id, device)
-            labels = batch.pop("labels")
-            hits += int((model(**batch).logits.argmax(-1) == labels).sum())
-        return hits / len(data)
-    answers = generate_answers(model, tokenizer, data, batch_size, max_new_tokens, device)
-    return sum(task.is_correct(ex, text) for ex, text in zip(examples, answers, strict=True)) / len(
-        examples
-    )
+) -> dict[str, float]:
+    """eval_loss and accuracy of a model on the encoded held-out examples."""
+    loss, hits = score(model, data, batch_size, tokenizer.pad_token_id, device)
+    if kind != "seq-cls" and task.scoring != "label":
+        budget = max_new_tokens or answer_budget(data)
+        answers = generate_answers(model, tokenizer, data, batch_size, budget, device)
+        hits = [task.is_correct(ex, text) for ex, text in zip(examples, answers, strict=True)]
+    return {"eval_loss": loss, "accuracy": sum(hits) / len(hits)}
 
 
 def answer_budget(data: Sequence[Encoded]) -> int:

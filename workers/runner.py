@@ -32,7 +32,7 @@ from workers.artifacts import (
     write_json,
 )
 from workers.data import TaskData, load_dataset, partition, split_hash
-from workers.evaluation import accuracy, answer_budget, eval_loss
+from workers.evaluation import evaluate_model
 from workers.federated import (
     AggregationOptions,
     ClientUpdate,
@@ -478,23 +478,17 @@ def evaluate(paths: RunPaths, round_num: int, clients: list[int] | None = None) 
 
 def _eval_bench(cfg: ExperimentConfig, bench: Bench, rank: int) -> dict[str, float]:
     task = task_of(cfg)
-    data = encoded(cfg, rank, "eval")
-    pad = bench.tokenizer.pad_token_id
-    new_tokens = cfg.eval.max_new_tokens or (answer_budget(data) if bench.kind != "seq-cls" else 1)
-    return {
-        "eval_loss": eval_loss(bench.model, data, cfg.eval.batch_size, pad, bench.device),
-        "accuracy": accuracy(
-            bench.model,
-            bench.tokenizer,
-            task,
-            task.eval,
-            data,
-            kind=bench.kind,
-            batch_size=cfg.eval.batch_size,
-            max_new_tokens=new_tokens,
-            device=bench.device,
-        ),
-    }
+    return evaluate_model(
+        bench.model,
+        bench.tokenizer,
+        task,
+        task.eval,
+        encoded(cfg, rank, "eval"),
+        kind=bench.kind,
+        batch_size=cfg.eval.batch_size,
+        max_new_tokens=cfg.eval.max_new_tokens,
+        device=bench.device,
+    )
 
 
 # ---- export -----------------------------------------------------------------------------
