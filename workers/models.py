@@ -41,6 +41,8 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
+from workers.catalog import MODELS
+
 log = logging.getLogger(__name__)
 
 CAUSAL_LM = "causal-lm"
@@ -62,19 +64,19 @@ BUILTIN_MODELS: dict[str, ModelInfo] = {
     for info in (
         ModelInfo(
             "smollm2-135m",
-            "SmolLM2-135M-Instruct, pretrained Llama-architecture LM (30 layers, d=576)",
+            MODELS["smollm2-135m"],
             CAUSAL_LM,
             ("q_proj", "v_proj"),
         ),
         ModelInfo(
             "tiny-llama",
-            "tiny random Llama (2 layers, d=64) with a byte-level tokenizer, for tests",
+            MODELS["tiny-llama"],
             CAUSAL_LM,
             ("q_proj", "v_proj"),
         ),
         ModelInfo(
             "minilm-l6",
-            "all-MiniLM-L6-v2, pretrained BERT encoder (6 layers, d=384) + classifier head",
+            MODELS["minilm-l6"],
             SEQ_CLS,
             ("query", "value"),
         ),

@@ -124,7 +124,6 @@ class Strategy(ABC):
     """Aggregation of one layer; the round loop over layers is ``aggregate_round``."""
 
     name: ClassVar[str]
-    summary: ClassVar[str]
     trains: ClassVar[tuple[str, ...]] = ("A", "B")
     uploads: ClassVar[tuple[str, ...]] = ("A", "B")
     downloads: ClassVar[tuple[str, ...]] = ("A", "B")
@@ -252,7 +251,6 @@ def _add(a: Delta | None, b: Delta) -> Delta:
 
 class FedIT(Strategy):
     name = "fedit"
-    summary = "FedIT: average A and B separately (inexact: mean of products != product of means)."
 
     def propose(self, round_num, layer, clients, state):  # type: ignore[no-untyped-def]
         f = clients[0].f
@@ -261,7 +259,6 @@ class FedIT(Strategy):
 
 class FFA(Strategy):
     name = "ffa"
-    summary = "FFA-LoRA: A frozen at a shared seed, clients train and send B only; exact."
     trains = uploads = downloads = ("B",)
 
     def propose(self, round_num, layer, clients, state):  # type: ignore[no-untyped-def]
@@ -278,9 +275,6 @@ class FFA(Strategy):
 
 class FLoRA(Strategy):
     name = "flora"
-    summary = (
-        "FLoRA: stack all client factors, merge the exact update into W, fresh LoRA each round."
-    )
     downloads = ()  # the stacked factors travel as the residual; the new LoRA comes from a seed
     changes_backbone = True
     reinit_lora = True
@@ -293,9 +287,6 @@ class FLoRA(Strategy):
 
 class FlexLoRA(Strategy):
     name = "flexlora"
-    summary = (
-        "FlexLoRA: SVD of the exact update, truncated to each client's rank; the tail is dropped."
-    )
     heterogeneous_ranks = True
 
     def propose(self, round_num, layer, clients, state):  # type: ignore[no-untyped-def]
@@ -311,7 +302,6 @@ class FlexLoRA(Strategy):
 
 class FedEx(Strategy):
     name = "fedex"
-    summary = "FedEx-LoRA: FedIT's averages plus the exact residual M - s B'A' merged into W."
     changes_backbone = True
 
     def propose(self, round_num, layer, clients, state):  # type: ignore[no-untyped-def]
@@ -324,7 +314,6 @@ class FedEx(Strategy):
 
 class FedSA(Strategy):
     name = "fedsa"
-    summary = "FedSA-LoRA: share A only (averaged); each client keeps its own B. Personalised."
     uploads = downloads = ("A",)
     personalised = True
 
@@ -337,9 +326,6 @@ class FedSA(Strategy):
 
 class FedMomentum(Strategy):
     name = "fedmomentum"
-    summary = (
-        "FedMomentum: SVD of the exact update; top r is the next LoRA, the residual goes into W."
-    )
     changes_backbone = True
     heterogeneous_ranks = True
 

@@ -1,0 +1,24 @@
+"""The torch-free catalog names exactly what the implementations provide."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from workers import catalog
+from workers.data import DATASETS
+from workers.federated import STRATEGIES
+from workers.models import BUILTIN_MODELS
+
+
+def test_catalog_matches_the_implementations():
+    assert set(catalog.STRATEGIES) == set(STRATEGIES)
+    assert set(catalog.MODELS) == set(BUILTIN_MODELS)
+    assert DATASETS is catalog.DATASETS
+    assert all(BUILTIN_MODELS[n].description == d for n, d in catalog.MODELS.items())
+
+
+def test_backend_config_and_catalog_import_no_torch():
+    code = "import sys, backend.config, backend.cli, workers.catalog; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
