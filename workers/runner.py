@@ -317,12 +317,12 @@ def _train(
         on_step=on_step,
     )
     compute = time.perf_counter() - t0
-    factors = peft_glue.get_lora_factors(bench.model)
+    lora = to_peft_state_dict(peft_glue.get_lora_factors(bench.model))
     head = {f"head.{k}": v for k, v in peft_glue.get_head_state(bench.model).items()}
-    upload = {**to_peft_state_dict(factors), **head}
-    if strategy.personalised:
-        save_tensors(paths.local(client), {k: v for k, v in upload.items() if ".lora_B." in k})
-    save_tensors(paths.upload(round_num, client), upload, {"n_examples": str(len(idx))})
+    if strategy.personalised:  # fedsa: B never leaves the client
+        save_tensors(paths.local(client), {k: v for k, v in lora.items() if ".lora_B." in k})
+    upload = {k: v for k, v in lora.items() if _factor_name(k) in strategy.uploads}
+    save_tensors(paths.upload(round_num, client), {**upload, **head}, {"n_examples": str(len(idx))})
     return len(idx), losses, compute
 
 
@@ -346,6 +346,11 @@ def _layer_states(cfg: ExperimentConfig, paths: RunPaths, round_num: int) -> dic
     }
 
 
+def _factor_name(key: str) -> str:
+    """'A' or 'B' for a PEFT LoRA key."""
+    return "A" if ".lora_A." in key else "B"
+
+
 def _factors(
     cfg: ExperimentConfig, tensors: dict[str, torch.Tensor], rank: int
 ) -> dict[str, LoraFactors]:
@@ -365,8 +370,11 @@ def aggregate(paths: RunPaths, round_num: int, records: list[ClientRecord]) -> d
     strategy = get_strategy(cfg.strategy, AggregationOptions(**cfg.aggregation.model_dump()))
     updates, heads = [], []
     for r in ok:
-        tensors = load_tensors(Path(r.path))  # type: ignore[arg-type]
         rank = cfg.client_rank(r.client)
+        # A factor a client does not upload (ffa's frozen A, fedsa's private B) is, for the
+        # server, the one it broadcast.
+        sent = load_tensors(_adapter_file(paths.state(round_num), rank))
+        tensors = {**sent, **load_tensors(Path(r.path))}  # type: ignore[arg-type]
         updates.append(ClientUpdate(str(r.client), r.n_examples, _factors(cfg, tensors, rank)))
         heads.append({k: v for k, v in tensors.items() if k.startswith("head.")})
     start = time.perf_counter()

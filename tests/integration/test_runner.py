@@ -128,3 +128,17 @@ def test_cli_run_writes_metrics_config_and_manifest(tmp_path, capsys):
     assert "eval_loss" in out and "accuracy" in out
     for name in ("metrics.jsonl", "config.yaml", "manifest.json"):
         assert (tmp_path / "out" / name).exists()
+
+
+@pytest.mark.parametrize(("strategy", "kept_private"), [("fedsa", "lora_B"), ("ffa", "lora_A")])
+def test_uploads_hold_only_what_the_strategy_sends(strategy, kept_private, tmp_path):
+    fed = {"num_clients": 3, "clients_per_round": 3, "rounds": 1}
+    run(parse_config(tiny(strategy=strategy, name=strategy, federation=fed)), tmp_path, progress=False)
+
+    uploads = sorted((tmp_path / "rounds").rglob("*.safetensors"))
+    assert len(uploads) == 3
+    for path in uploads:
+        keys = load_file(str(path)).keys()
+        assert keys and not any(kept_private in k for k in keys)
+    if strategy == "fedsa":  # each client's own B stays on the client side
+        assert len(list((tmp_path / "clients").glob("*.safetensors"))) == 3
