@@ -376,7 +376,9 @@ def aggregate(paths: RunPaths, round_num: int, records: list[ClientRecord]) -> d
         sent = load_tensors(_adapter_file(paths.state(round_num), rank))
         tensors = {**sent, **load_tensors(Path(r.path))}  # type: ignore[arg-type]
         updates.append(ClientUpdate(str(r.client), r.n_examples, _factors(cfg, tensors, rank)))
-        heads.append({k: v for k, v in tensors.items() if k.startswith("head.")})
+        heads.append(
+            {k.removeprefix("head."): v for k, v in tensors.items() if k.startswith("head.")}
+        )
     start = time.perf_counter()
     result = aggregate_round(strategy, round_num, updates, _layer_states(cfg, paths, round_num))
     seconds = time.perf_counter() - start

@@ -142,3 +142,24 @@ def test_uploads_hold_only_what_the_strategy_sends(strategy, kept_private, tmp_p
         assert keys and not any(kept_private in k for k in keys)
     if strategy == "fedsa":  # each client's own B stays on the client side
         assert len(list((tmp_path / "clients").glob("*.safetensors"))) == 3
+
+
+def test_sequence_classification_with_minilm(tmp_path):
+    cfg = parse_config(
+        {
+            "name": "minilm",
+            "model": "minilm-l6",
+            "dataset": "wordnet-topics",
+            "data": {"n_train": 60, "n_eval": 20, "partition": "iid"},
+            "lora": {"rank": 4, "alpha": 8, "dropout": 0.0},
+            "federation": {"num_clients": 2, "clients_per_round": 2, "rounds": 2},
+            "training": {"local_steps": 3, "batch_size": 8, "max_length": 64, "lr": 0.005},
+        }
+    )
+
+    summaries = run(cfg, tmp_path, progress=False)
+
+    assert all(0.0 <= s["accuracy"] <= 1.0 and math.isfinite(s["eval_loss"]) for s in summaries)
+    adapter, _ = read_group(RunPaths(tmp_path), 2, 4)
+    assert any(k.startswith("head.") for k in adapter)  # the classifier head is FedAvg'd
+    assert max(d["exactness_error"] for d in records(tmp_path, "diagnostics")) < 1e-5
