@@ -23,20 +23,26 @@ from workers.training import Encoded, make_batch
 def score(
     model: nn.Module, data: Sequence[Encoded], batch_size: int, pad_id: int, device: torch.device
 ) -> tuple[float, list[bool]]:
-    """(mean cross-entropy per answer token or example, greedy-reproduces-answer per example)."""
+    """(mean cross-entropy per answer token or example, greedy-reproduces-answer per example).
+
+    Batches are cut from the examples sorted by length, so little compute goes to padding.
+    """
     model.eval()
-    total, count, hits = 0.0, 0, []
-    for i in range(0, len(data), batch_size):
-        batch = make_batch(data[i : i + batch_size], pad_id, device)
+    order = sorted(range(len(data)), key=lambda i: len(data[i]["input_ids"]))
+    total, count, hits = 0.0, 0, [False] * len(data)
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        batch = make_batch([data[i] for i in idx], pad_id, device)
         labels = batch.pop("labels")
         logits = model(**batch).logits.float()
         if labels.ndim == 2:  # causal LM: position t predicts token t + 1
             logits, labels = logits[:, :-1], labels[:, 1:]
             answer = (labels != -100) & (labels != pad_id)  # the closing eos is not the answer
-            right = (logits.argmax(-1) == labels) | ~answer
-            hits += right.all(dim=1).tolist()
+            right = ((logits.argmax(-1) == labels) | ~answer).all(dim=1)
         else:
-            hits += (logits.argmax(-1) == labels).tolist()
+            right = logits.argmax(-1) == labels
+        for i, hit in zip(idx, right.tolist(), strict=True):
+            hits[i] = hit
         flat = logits.reshape(-1, logits.shape[-1])
         ce = F.cross_entropy(flat, labels.reshape(-1), reduction="sum", ignore_index=-100)
         total += float(ce)
