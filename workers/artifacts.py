@@ -44,14 +44,19 @@ def load_tensors(path: Path) -> dict[str, torch.Tensor]:
     return load_file(str(path))
 
 
-def write_json(path: Path, data: Any) -> None:
-    """Write JSON atomically."""
+def write_text(path: Path, text: str) -> None:
+    """Replace a text file atomically."""
     tmp = _tmp_near(path)
     try:
-        tmp.write_text(json.dumps(data, indent=2, default=str))
+        tmp.write_text(text)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write JSON atomically."""
+    write_text(path, json.dumps(data, indent=2, default=str))
 
 
 def read_json(path: Path) -> Any:

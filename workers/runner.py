@@ -30,6 +30,7 @@ from workers.artifacts import (
     read_json,
     save_tensors,
     write_json,
+    write_text,
 )
 from workers.data import TaskData, load_dataset, partition, split_hash
 from workers.evaluation import evaluate_model
@@ -228,6 +229,11 @@ def sample_clients(cfg: ExperimentConfig, round_num: int) -> list[int]:
 def prepare(cfg: ExperimentConfig, root: Path) -> RunPaths:
     """Validate the config against data and model, write config, split, manifest, round-0 state."""
     paths = RunPaths(root)
+    if paths.config.exists() and load_run_config(paths) != cfg:
+        raise ValueError(
+            f"{root} holds a run with a different config; resume it with the same config "
+            "or choose another --out"
+        )
     task = task_of(cfg)
     parts = client_indices(cfg)  # raises if there are more clients than examples
     paths.root.mkdir(parents=True, exist_ok=True)
@@ -595,6 +601,7 @@ def run(
     start_round = paths.latest_state()
     summaries: list[dict[str, object]] = []
     log = _MetricsLog(paths.metrics)
+    log.drop_rounds_from(start_round)  # an interrupted round is redone: no duplicate records
     if start_round == 0:
         log.write({"kind": "eval", "round": -1, **evaluate(paths, 0)})
     rounds = tqdm(
@@ -655,6 +662,16 @@ class _MetricsLog:
     def write(self, record: dict[str, object]) -> None:
         with self.path.open("a") as f:
             f.write(json.dumps(record, default=str) + "\n")
+
+    def drop_rounds_from(self, first: int) -> None:
+        """Forget records of rounds >= first (the initial evaluation is round -1)."""
+        if not self.path.exists():
+            return
+        lines = self.path.read_text().splitlines()
+        keep = [line for line in lines if json.loads(line)["round"] < first]
+        if first == 0:
+            keep = []
+        write_text(self.path, "".join(line + "\n" for line in keep))
 
 
 def remove_run(root: Path) -> None:

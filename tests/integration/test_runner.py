@@ -133,7 +133,11 @@ def test_cli_run_writes_metrics_config_and_manifest(tmp_path, capsys):
 @pytest.mark.parametrize(("strategy", "kept_private"), [("fedsa", "lora_B"), ("ffa", "lora_A")])
 def test_uploads_hold_only_what_the_strategy_sends(strategy, kept_private, tmp_path):
     fed = {"num_clients": 3, "clients_per_round": 3, "rounds": 1}
-    run(parse_config(tiny(strategy=strategy, name=strategy, federation=fed)), tmp_path, progress=False)
+    run(
+        parse_config(tiny(strategy=strategy, name=strategy, federation=fed)),
+        tmp_path,
+        progress=False,
+    )
 
     uploads = sorted((tmp_path / "rounds").rglob("*.safetensors"))
     assert len(uploads) == 3
@@ -163,3 +167,13 @@ def test_sequence_classification_with_minilm(tmp_path):
     adapter, _ = read_group(RunPaths(tmp_path), 2, 4)
     assert any(k.startswith("head.") for k in adapter)  # the classifier head is FedAvg'd
     assert max(d["exactness_error"] for d in records(tmp_path, "diagnostics")) < 1e-5
+
+
+def test_a_run_directory_keeps_its_config(tmp_path):
+    fed = {"num_clients": 3, "clients_per_round": 3, "rounds": 1}
+    run(parse_config(tiny(name="a", federation=fed)), tmp_path, progress=False)
+
+    again = run(parse_config(tiny(name="a", federation=fed)), tmp_path, progress=False)
+    assert again == []  # finished: resuming does no more rounds
+    with pytest.raises(ValueError, match="different config"):
+        run(parse_config(tiny(name="a", federation=fed, seed=1)), tmp_path, progress=False)
