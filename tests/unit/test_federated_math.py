@@ -473,3 +473,19 @@ def test_lowrank_residual_form_is_chosen_by_size():
     small = make_updates(0, 8, 6, [4, 4, 4])  # fedex's R has rank K + r = 16: 224 > 48 numbers
     result = aggregate_round(get_strategy("fedex"), 0, small, initial_states([LAYER], [4]))
     assert isinstance(result.layers[LAYER].residuals[4], torch.Tensor)
+
+
+def test_gram_path_agrees_with_householder_and_falls_back_when_unsafe():
+    from workers.federated.svd import _gram_r, _householder_svd, factored_svd
+
+    updates = make_updates(3, 64, 48, [4] * 5)
+    low = exact_update([Weighted(u.client_id, 0.2, _f64(u.layers[LAYER])) for u in updates])
+
+    fast, ref = factored_svd(low), _householder_svd(low)
+
+    assert _gram_r(low.B) is not None  # the fast path was taken
+    assert torch.allclose(fast.S, ref.S, rtol=1e-10, atol=1e-12)
+    assert torch.allclose((fast.U * fast.S) @ fast.V.T, low.dense(), atol=1e-12)
+    assert torch.allclose(fast.U.T @ fast.U, torch.eye(20, dtype=torch.float64), atol=1e-10)
+    assert _gram_r(torch.cat([low.B, low.B], dim=1)) is None  # rank deficient: Householder
+    assert _gram_r(low.B.float()) is None  # float32 squares too much error: Householder

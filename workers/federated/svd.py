@@ -33,7 +33,44 @@ class Svd:
 
 
 def factored_svd(low: LowRank) -> Svd:
-    """Exact thin SVD of B @ A from QR of B and A^T and the SVD of the small core."""
+    """Exact thin SVD of B @ A from R factors of B and A^T and the SVD of the small core.
+
+    With B = Q_B R_B and A^T = Q_A R_A, M = Q_B (R_B R_A^T) Q_A^T, so the SVD of the K x K
+    core gives M's. R comes from a Cholesky factor of the K x K Gram matrix when that is safe
+    (float64, well conditioned): two BLAS-3 products instead of forming Q, about twice as
+    fast; then U = B R_B^-1 U_c, and U S V^T = B A holds exactly whatever R's rounding.
+    Otherwise (rank-deficient stacks such as round 0 with all B = 0) Householder QR.
+    """
+    R_B, R_A = _gram_r(low.B), _gram_r(low.A.T)
+    if R_B is None or R_A is None:
+        return _householder_svd(low)
+    U_c, S, V_cT = torch.linalg.svd(R_B @ R_A.T, full_matrices=False)  # (K, K) core
+    U = low.B @ torch.linalg.solve_triangular(R_B, U_c, upper=True)  # (d_out, K)
+    V = low.A.T @ torch.linalg.solve_triangular(R_A, V_cT.T, upper=True)  # (d_in, K)
+    return Svd(U=U, S=S, V=V, complete=True)
+
+
+# Largest condition number of a stacked factor for the Gram path: its Gram squares it, and
+# 1e4^2 * float64 eps keeps singular values well inside 1e-6 of the Householder ones.
+_GRAM_MAX_COND = 1e4
+
+
+def _gram_r(X: Tensor) -> Tensor | None:
+    """Upper-triangular R with X^T X = R^T R, or None where Householder QR must be used."""
+    if X.dtype != torch.float64 or X.shape[0] < X.shape[1]:
+        return None
+    L, info = torch.linalg.cholesky_ex(X.T @ X)  # (K, K), lower
+    if int(info) != 0:
+        return None
+    d = torch.diagonal(L)
+    if float(d.min()) <= float(d.max()) / _GRAM_MAX_COND:
+        return None
+    R: Tensor = L.T
+    return R
+
+
+def _householder_svd(low: LowRank) -> Svd:
+    """The same from Householder QR: any input, rank-deficient ones included."""
     Q_B, R_B = torch.linalg.qr(low.B)  # (d_out, k1), (k1, K)
     Q_A, R_A = torch.linalg.qr(low.A.T)  # (d_in, k2), (k2, K)
     core = R_B @ R_A.T  # (k1, k2): M = Q_B core Q_A^T
