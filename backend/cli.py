@@ -29,6 +29,22 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _migrate(args: argparse.Namespace) -> int:
+    import logging
+
+    from sqlalchemy.engine import make_url
+
+    from backend.db import migrate
+    from backend.settings import get_settings
+
+    logging.basicConfig(format="%(message)s")  # alembic reports each step it runs
+    url = args.database_url or get_settings().database_url
+    migrate(url, args.revision)
+    shown = make_url(url).render_as_string(hide_password=True)
+    print(f"database {shown} is at revision {args.revision}")
+    return 0
+
+
 def _table(summaries: list[dict[str, object]]) -> str:
     """The final per-round table."""
     head = (
@@ -61,6 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("run", type=Path)
     exp.add_argument("--rank", type=int, help="also export one PEFT adapter of this rank")
     exp.set_defaults(func=_export)
+    mig = sub.add_parser("migrate", help="create or upgrade the database schema (alembic upgrade)")
+    mig.add_argument("--revision", default="head", help="target revision (default: head)")
+    mig.add_argument(
+        "--database-url", help="SQLAlchemy URL (default: FEDMOMENTUM_DATABASE_URL or SQLite)"
+    )
+    mig.set_defaults(func=_migrate)
     return parser
 
 

@@ -1,50 +1,92 @@
-"""Aggregation kernel: exact SVD of M = sum_i p_i s_i B_i A_i by factored, randomized and dense.
+"""Aggregation kernel: exact SVD of M = sum_i p_i s_i B_i A_i, factored vs randomized vs dense.
 
     .venv/bin/python benchmarks/aggregation.py [--quick] [--json] [--dtype float64|float32]
-        [--device cpu|cuda] [--dense-all]
+        [--device cpu|cuda] [--threads N] [--dense-all]
 
-Same seeded inputs for every method: N = 10 clients, r = 16 (K = 160), shapes 4096x4096 and
-4096x11008 (Llama-7B-like) and 576x576, 576x192 (SmolLM2). Per method and shape: median
-seconds of ``exact_svd`` (warm-up excluded), peak memory, and the relative error of the
-singular values against the dense reference, ||S[:k] - S_ref[:k]|| / ||S_ref[:k]||.
-Dense is skipped above 4096x4096 unless --dense-all; there the factored values are the
-reference for randomized and factored's own error is null.
+One run, the same seeded inputs for every method: N = 10 clients at rank r = 16 (K = 160),
+layer shapes 4096x4096 and 4096x11008 (Llama-7B-like), 576x576 and 576x192 (SmolLM2);
+``--quick`` runs only the SmolLM2 shapes. Client factors look trained: A_i ~ N(0, 1/d_in),
+B_i ~ N(0, 1e-4); p_i from seeded sample counts, s_i = alpha / r. The layer is built with
+``workers.federated.exact_update`` and every method is one full ``exact_svd`` call with the
+server's defaults (randomized: oversample 10, power_iters 2).
 
-Peak memory: each measurement runs in a fresh process; on CPU it is the growth of the
-process's peak RSS over what the inputs already took, on CUDA torch's peak allocation.
+Per (method, shape):
+- seconds: median over a few timed calls (5 on SmolLM2 shapes, 3 on Llama shapes, 1 for dense
+  on Llama shapes); one untimed warm-up call comes first.
+- peak_mb: extra memory the method needs on top of its inputs. Each measurement runs in a
+  fresh subprocess, which first calls the method once on a small 320x320 layer so that the
+  BLAS/LAPACK code and thread pool are already resident. On CPU the kernel's peak-RSS mark
+  (VmHWM) is then reset once the inputs exist, and the growth of the mark over the resident
+  size at that moment is reported (ru_maxrss growth where /proc/self/clear_refs is missing);
+  it includes what the allocator holds, so it bounds live tensors from above. On CUDA:
+  torch.cuda.max_memory_allocated over the allocation after the inputs.
+- rel_error: ||S[:k] - S_ref[:k]|| / ||S_ref[:k]|| over the k = min(K, len) values the method
+  returns (randomized: its top r + oversample). The reference is dense; dense is skipped above
+  4096x4096 unless --dense-all, and there the factored values are the reference for randomized
+  and factored's own rel_error is null.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
+import os
 import resource
 import statistics
+import subprocess
+import sys
 import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import torch
 
-SHAPES = [(4096, 4096), (4096, 11008), (576, 576), (576, 192)]
-QUICK = [(576, 576), (576, 192)]
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script from anywhere: import the repo's workers
+    sys.path.insert(0, str(ROOT))
+
+from workers.federated import LoraFactors, LowRank, exact_svd, exact_update  # noqa: E402
+from workers.federated.strategies import Weighted  # noqa: E402
+
+Shape = tuple[int, int]
+LLAMA_SHAPES: list[Shape] = [(4096, 4096), (4096, 11008)]
+SMOL_SHAPES: list[Shape] = [(576, 576), (576, 192)]
 METHODS = ("factored", "randomized", "dense")
-N_CLIENTS, RANK = 10, 16
+N_CLIENTS, RANK, ALPHA = 10, 16, 32.0
+DENSE_MAX_NUMEL = 4096 * 4096  # dense skipped above this unless --dense-all
+SEED = 0
+PRIME_SHAPE: Shape = (320, 320)  # small, K < 320: pages in each method's code before the baseline
 
 
-def inputs(d_out: int, d_in: int, dtype: torch.dtype, device: str):  # noqa: ANN201 - LowRank
-    """Trained-looking client factors, seeded: A ~ N(0, 1/d_in), B ~ N(0, 1e-4)."""
-    from workers.federated import LoraFactors
-    from workers.federated.strategies import Weighted, exact_update
+def shape_name(shape: Shape) -> str:
+    return f"{shape[0]}x{shape[1]}"
 
-    gen = torch.Generator().manual_seed(d_out * 100_003 + d_in)
-    counts = torch.randint(50, 500, (N_CLIENTS,), generator=gen).tolist()
+
+def parse_shape(text: str) -> Shape:
+    d_out, d_in = text.split("x")
+    return int(d_out), int(d_in)
+
+
+def make_layer(shape: Shape, dtype: torch.dtype, device: str) -> LowRank:
+    """The seeded layer: 10 clients' (B_i, A_i) stacked with p_i s_i folded into A."""
+    d_out, d_in = shape
+    gen = torch.Generator().manual_seed(SEED)
+    counts = torch.randint(100, 1000, (N_CLIENTS,), generator=gen, dtype=torch.float64)
+    weights = (counts / counts.sum()).tolist()
     clients = []
-    for i, n in enumerate(counts):
-        A = torch.randn(RANK, d_in, generator=gen, dtype=dtype) / d_in**0.5
-        B = torch.randn(d_out, RANK, generator=gen, dtype=dtype) * 0.01
-        f = LoraFactors(A=A.to(device), B=B.to(device), alpha=2.0 * RANK)
-        clients.append(Weighted(str(i), n / sum(counts), f))
+    for i, p in enumerate(weights):
+        A = torch.randn(RANK, d_in, generator=gen, dtype=torch.float64) / d_in**0.5
+        B = torch.randn(d_out, RANK, generator=gen, dtype=torch.float64) * 0.01
+        f = LoraFactors(A=A.to(device, dtype), B=B.to(device, dtype), alpha=ALPHA)
+        clients.append(Weighted(client_id=f"client{i}", p=p, f=f))
     return exact_update(clients)
+
+
+def repeats_for(method: str, shape: Shape) -> int:
+    if max(shape) < 4096:
+        return 5
+    return 1 if method == "dense" else 3
 
 
 def _sync(device: str) -> None:
@@ -52,111 +94,185 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def measure(
-    method: str, shape: tuple[int, int], dtype_name: str, device: str, repeats: int
-) -> dict:
-    """One (method, shape) in this process: seconds, peak MB and the singular values."""
-    from workers.federated import exact_svd
+class PeakMemory:
+    """Extra memory over the moment of construction: CUDA allocations or CPU peak RSS."""
 
-    low = inputs(*shape, getattr(torch, dtype_name), device)
-    _sync(device)
-    if device.startswith("cuda"):  # baseline: the inputs only
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-    else:
-        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    run = lambda: exact_svd(low, method, rank=RANK)  # noqa: E731 - defaults as the server uses them
-    run()  # warm-up (kernels, thread pools); not timed, but its memory counts
+    def __init__(self, device: str) -> None:
+        self.cuda = device.startswith("cuda")
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats()
+            self.base = torch.cuda.memory_allocated()
+        elif self._reset_hwm():
+            self.base = self._status_kb("VmRSS") * 1024
+        else:
+            self.base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+    @staticmethod
+    def _reset_hwm() -> bool:
+        """Reset the kernel's peak-RSS mark to the current RSS (Linux >= 4.0)."""
+        try:
+            Path("/proc/self/clear_refs").write_text("5")
+        except OSError:
+            return False
+        return True
+
+    @staticmethod
+    def _status_kb(field: str) -> int:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+        raise KeyError(field)
+
+    def extra_mb(self) -> float:
+        if self.cuda:
+            peak = torch.cuda.max_memory_allocated()
+        elif Path("/proc/self/status").exists():
+            peak = self._status_kb("VmHWM") * 1024
+        else:
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        return max(peak - self.base, 0) / 2**20
+
+
+def time_calls(call: Callable[[], Any], repeats: int, device: str) -> float:
+    """Median seconds of ``repeats`` calls after one untimed warm-up call."""
+    call()
     _sync(device)
     times = []
     for _ in range(repeats):
+        _sync(device)
         start = time.perf_counter()
-        svd = run()
+        call()
         _sync(device)
         times.append(time.perf_counter() - start)
-    if device.startswith("cuda"):
-        peak_mb = (torch.cuda.max_memory_allocated() - base) / 2**20
-    else:  # ru_maxrss: the process's peak, in KiB on Linux
-        peak_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024
-    S = svd.S.double().cpu().tolist()
-    return {"seconds": statistics.median(times), "peak_mb": peak_mb, "S": S}
+    return statistics.median(times)
 
 
-def _measure_fresh(args: tuple) -> dict:
-    return measure(*args)
+def measure(method: str, shape: Shape, dtype: torch.dtype, device: str) -> dict[str, Any]:
+    """One (method, shape) in this process: median seconds, extra MB, singular values."""
+    exact_svd(make_layer(PRIME_SHAPE, dtype, device), method, rank=RANK)  # load code, threads
+    torch.manual_seed(SEED)  # svd_lowrank's random test matrix
+    low = make_layer(shape, dtype, device)
+    _sync(device)
+    memory = PeakMemory(device)  # baseline: inputs and library code in memory, nothing else
+
+    def call() -> Any:
+        return exact_svd(low, method, rank=RANK)  # the server's defaults otherwise
+
+    seconds = time_calls(call, repeats_for(method, shape), device)
+    peak_mb = memory.extra_mb()
+    S = exact_svd(low, method, rank=RANK).S.double().cpu().tolist()
+    return {"seconds": seconds, "peak_mb": peak_mb, "S": S, "threads": torch.get_num_threads()}
 
 
-def peak_in_fresh_process(method, shape, dtype_name, device, repeats) -> dict:  # noqa: ANN001
-    """Run ``measure`` in a new process so one method's peak never hides another's."""
-    with mp.get_context("spawn").Pool(1) as pool:
-        return pool.apply(_measure_fresh, ((method, shape, dtype_name, device, repeats),))
+def measure_in_subprocess(method: str, shape: Shape, args: argparse.Namespace) -> dict[str, Any]:
+    """Run ``measure`` in a fresh interpreter so no other measurement's memory is counted."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", method, shape_name(shape)]
+    cmd += ["--dtype", args.dtype, "--device", args.device]
+    if args.threads:
+        cmd += ["--threads", str(args.threads)]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=os.environ.copy())
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def rel_error(S: list[float], ref: list[float] | None) -> float | None:
-    if ref is None:
-        return None
+def rel_error(S: list[float], ref: list[float]) -> float:
     k = min(len(S), len(ref))
-    a, b = torch.tensor(S[:k]), torch.tensor(ref[:k])
-    return float((a - b).norm() / b.norm())
+    got, want = torch.tensor(S[:k], dtype=torch.float64), torch.tensor(ref[:k], dtype=torch.float64)
+    return float((got - want).norm() / want.norm())
 
 
-def run_shape(shape: tuple[int, int], args: argparse.Namespace) -> list[dict]:
-    big = shape[0] * shape[1] > 4096 * 4096
-    methods = [m for m in METHODS if m != "dense" or not big or args.dense_all]
-    results = {}
-    for method in methods:
-        repeats = 1 if method == "dense" and shape[0] >= 4096 else (3 if shape[0] >= 4096 else 7)
-        results[method] = peak_in_fresh_process(method, shape, args.dtype, args.device, repeats)
-    reference = results.get("dense", results["factored"])["S"]
+def methods_for(shape: Shape, dense_all: bool) -> list[str]:
+    skip_dense = shape[0] * shape[1] > DENSE_MAX_NUMEL and not dense_all
+    return [m for m in METHODS if not (m == "dense" and skip_dense)]
+
+
+def rows_for_shape(shape: Shape, args: argparse.Namespace) -> tuple[list[dict[str, Any]], int]:
+    """Measure every method on one shape; rows in the JSON schema, plus the thread count."""
+    results = {m: measure_in_subprocess(m, shape, args) for m in methods_for(shape, args.dense_all)}
+    ref_method = "dense" if "dense" in results else "factored"
+    ref = results[ref_method]["S"]
     rows = []
-    for method, r in results.items():
-        own_reference = "dense" not in results and method == "factored"
+    for method, res in results.items():
+        err = None if method == ref_method == "factored" else rel_error(res["S"], ref)
         rows.append(
             {
                 "method": method,
-                "shape": f"{shape[0]}x{shape[1]}",
+                "shape": shape_name(shape),
                 "n_clients": N_CLIENTS,
                 "rank": RANK,
-                "seconds": r["seconds"],
-                "rel_error": None if own_reference else rel_error(r["S"], reference),
-                "peak_mb": r["peak_mb"],
+                "seconds": res["seconds"],
+                "rel_error": err,
+                "peak_mb": res["peak_mb"],
             }
         )
-    return rows
+    return rows, results["factored"]["threads"]
 
 
-def print_table(rows: list[dict]) -> None:
-    cols = ("shape", "method", "seconds", "rel_error", "peak_MB", "x fact")
-    print(" ".join(f"{c:>{w}}" for c, w in zip(cols, (11, 10, 10, 10, 9, 8), strict=True)))
-    for shape in dict.fromkeys(r["shape"] for r in rows):
-        group = [r for r in rows if r["shape"] == shape]
-        fact = next(r["seconds"] for r in group if r["method"] == "factored")
-        for r in group:
-            err = "-" if r["rel_error"] is None else f"{r['rel_error']:.1e}"
+def speedups(rows: list[dict[str, Any]]) -> str:
+    by_method = {r["method"]: r["seconds"] for r in rows}
+    parts = [
+        f"{by_method[m] / by_method['factored']:.1f}x over {m}"
+        for m in ("randomized", "dense")
+        if m in by_method
+    ]
+    return "factored speedup: " + ", ".join(parts)
+
+
+def print_table(
+    rows_by_shape: list[list[dict[str, Any]]], args: argparse.Namespace, threads: int
+) -> None:
+    print(
+        f"exact_svd per layer: N={N_CLIENTS} clients, r={RANK} (K={N_CLIENTS * RANK}), "
+        f"dtype={args.dtype}, device={args.device}, torch threads={threads}"
+    )
+    header = f"{'shape':>11} {'method':>10} {'seconds':>11} {'rel_error':>10} {'peak_MB':>9}"
+    print(header)
+    print("-" * len(header))
+    for rows in rows_by_shape:
+        for r in rows:
+            err = "null" if r["rel_error"] is None else f"{r['rel_error']:.2e}"
             print(
-                f"{shape:>11} {r['method']:>10} {r['seconds']:>10.4f} {err:>10} "
-                f"{r['peak_mb']:>9.1f} {r['seconds'] / fact:>7.1f}x"
+                f"{r['shape']:>11} {r['method']:>10} {r['seconds']:>11.5f} {err:>10} "
+                f"{r['peak_mb']:>9.1f}"
             )
+        print(f"{'':>11} {speedups(rows)}")
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--quick", action="store_true", help="only the SmolLM2 shapes")
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
     parser.add_argument("--dtype", default="float64", choices=["float64", "float32"])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dense-all", action="store_true", help="dense also above 4096x4096")
-    args = parser.parse_args()
-    rows = []
-    for shape in QUICK if args.quick else SHAPES:
-        for row in run_shape(shape, args):
-            rows.append(row)
-            if args.json:
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's own)")
+    parser.add_argument("--dense-all", action="store_true", help="dense above 4096x4096 too")
+    parser.add_argument("--worker", nargs=2, metavar=("METHOD", "SHAPE"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device available")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.worker:  # hidden: one measurement, result as one JSON line on stdout
+        method, shape = args.worker
+        res = measure(method, parse_shape(shape), getattr(torch, args.dtype), args.device)
+        print(json.dumps(res))
+        return
+    shapes = SMOL_SHAPES if args.quick else LLAMA_SHAPES + SMOL_SHAPES
+    all_rows, threads = [], 0
+    for shape in shapes:
+        rows, threads = rows_for_shape(shape, args)
+        all_rows.append(rows)
+        if args.json:
+            for row in rows:
                 print(json.dumps(row), flush=True)
     if not args.json:
-        print_table(rows)
+        print_table(all_rows, args, threads)
 
 
 if __name__ == "__main__":

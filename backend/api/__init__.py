@@ -1,0 +1,11 @@
+"""REST routes under /api/v1: HTTP concerns only; the work is in backend.crud and friends."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from backend.api import catalog, downloads, experiments, health, results
+
+api_router = APIRouter()
+for module in (experiments, results, downloads, catalog, health):
+    api_router.include_router(module.router)

@@ -1,0 +1,35 @@
+"""The choices a config form offers, with descriptions and defaults."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from fastapi import APIRouter
+
+from backend.config import ExperimentConfig
+from backend.schemas import CatalogEntry, CatalogPublic
+from workers.catalog import DATASETS, MODELS, PARTITIONS, STRATEGIES
+
+router = APIRouter(tags=["catalog"])
+
+
+def _entries(items: dict[str, str]) -> list[CatalogEntry]:
+    return [CatalogEntry(name=k, description=v) for k, v in items.items()]
+
+
+@lru_cache
+def _catalog() -> CatalogPublic:
+    return CatalogPublic(
+        strategies=_entries(STRATEGIES),
+        models=_entries(MODELS),
+        datasets=_entries(DATASETS),
+        partitions=list(PARTITIONS),
+        defaults=ExperimentConfig().model_dump(mode="json"),
+        config_schema=ExperimentConfig.model_json_schema(),
+    )
+
+
+@router.get("/catalog", response_model=CatalogPublic)
+def read_catalog() -> CatalogPublic:
+    """Strategies, models, datasets and partitions with descriptions; config defaults and schema."""
+    return _catalog()

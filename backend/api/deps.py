@@ -1,0 +1,41 @@
+"""Dependencies injected into routes: settings, a database session, a looked-up experiment."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Query, Request
+from sqlalchemy.orm import Session
+
+from backend import crud
+from backend.db import session_for
+from backend.models import Experiment
+from backend.schemas import MAX_LIMIT
+from backend.settings import Settings
+
+
+def get_app_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+SettingsDep = Annotated[Settings, Depends(get_app_settings)]
+
+
+def get_session(settings: SettingsDep) -> Iterator[Session]:
+    yield from session_for(settings.database_url)
+
+
+SessionDep = Annotated[Session, Depends(get_session)]
+
+
+def get_experiment(session: SessionDep, experiment_id: str) -> Experiment:
+    experiment = crud.get_experiment(session, experiment_id=experiment_id)
+    if experiment is None:
+        raise HTTPException(404, f"experiment {experiment_id!r} not found")
+    return experiment
+
+
+ExperimentDep = Annotated[Experiment, Depends(get_experiment)]
+OffsetDep = Annotated[int, Query(ge=0, description="rows to skip")]
+LimitDep = Annotated[int, Query(ge=1, le=MAX_LIMIT, description=f"rows per page (<= {MAX_LIMIT})")]

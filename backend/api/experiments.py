@@ -1,0 +1,105 @@
+"""Experiments: create, list, read, cancel, delete, clone."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Body, HTTPException, Query, Request, Response, status
+from fastapi.exceptions import RequestValidationError
+
+from backend import crud
+from backend.api.deps import ExperimentDep, LimitDep, OffsetDep, SessionDep, SettingsDep
+from backend.checks import check_feasible
+from backend.models import Experiment, ExperimentStatus
+from backend.runs import remove_run_dir
+from backend.schemas import ExperimentClone, ExperimentCreate, ExperimentPublic, ExperimentsPublic
+from workers.catalog import STRATEGIES
+
+router = APIRouter(prefix="/experiments", tags=["experiments"])
+
+Strategy = Literal[tuple(STRATEGIES)]  # type: ignore[valid-type]
+Sort = Literal[crud.SORTS]  # type: ignore[valid-type]
+
+
+def _check(config: ExperimentCreate) -> None:
+    problems = check_feasible(config)
+    if problems:
+        raise RequestValidationError(
+            [
+                {"type": "value_error", "loc": ("body", *loc), "msg": f"Value error, {msg}"}
+                for loc, msg in problems
+            ]
+        )
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=ExperimentPublic)
+def create_experiment(
+    session: SessionDep, config: ExperimentCreate, request: Request, response: Response
+) -> Experiment:
+    """Validate an experiment config and store it as a queued experiment."""
+    _check(config)
+    experiment = crud.create_experiment(session, config=config)
+    response.headers["Location"] = str(
+        request.url_for("read_experiment", experiment_id=experiment.id)
+    )
+    return experiment
+
+
+@router.get("", response_model=ExperimentsPublic)
+def list_experiments(
+    session: SessionDep,
+    status: ExperimentStatus | None = None,
+    strategy: Strategy | None = None,
+    sort: Annotated[Sort, Query(description="field, '-' prefix for descending")] = "-created_at",
+    offset: OffsetDep = 0,
+    limit: LimitDep = 50,
+) -> ExperimentsPublic:
+    """List experiments, filtered by status and strategy, sorted and paginated."""
+    rows, count = crud.list_experiments(
+        session, status=status, strategy=strategy, sort=sort, offset=offset, limit=limit
+    )
+    return ExperimentsPublic(data=rows, count=count)
+
+
+@router.get("/{experiment_id}", response_model=ExperimentPublic)
+def read_experiment(experiment: ExperimentDep) -> Experiment:
+    """One experiment with its config and progress."""
+    return experiment
+
+
+@router.post("/{experiment_id}/cancel", response_model=ExperimentPublic)
+def cancel_experiment(session: SessionDep, experiment: ExperimentDep) -> Experiment:
+    """Cancel a queued or running experiment (409 when it has already finished)."""
+    try:
+        return crud.cancel_experiment(session, experiment=experiment)
+    except ValueError as e:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(e)) from None
+
+
+@router.delete("/{experiment_id}", status_code=status.HTTP_204_NO_CONTENT)
+def delete_experiment(
+    session: SessionDep, settings: SettingsDep, experiment: ExperimentDep
+) -> None:
+    """Delete a finished experiment, its results and its run directory (409 while active)."""
+    experiment_id = experiment.id
+    try:
+        crud.delete_experiment(session, experiment=experiment)
+    except ValueError as e:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(e)) from None
+    remove_run_dir(settings.runs_dir, experiment_id)
+
+
+@router.post(
+    "/{experiment_id}/clone", status_code=status.HTTP_201_CREATED, response_model=ExperimentPublic
+)
+def clone_experiment(
+    session: SessionDep,
+    experiment: ExperimentDep,
+    request: Request,
+    response: Response,
+    body: Annotated[ExperimentClone | None, Body()] = None,
+) -> Experiment:
+    """A new queued experiment with the same config (optionally renamed)."""
+    clone = crud.clone_experiment(session, experiment=experiment, name=body and body.name)
+    response.headers["Location"] = str(request.url_for("read_experiment", experiment_id=clone.id))
+    return clone

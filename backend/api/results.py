@@ -1,0 +1,79 @@
+"""What an experiment produced: rounds, metrics, per-layer diagnostics."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query
+
+from backend import crud
+from backend.api.deps import ExperimentDep, LimitDep, OffsetDep, SessionDep
+from backend.models import METRIC_KINDS
+from backend.schemas import (
+    DiagnosticPublic,
+    DiagnosticsPublic,
+    MetricPublic,
+    MetricsPublic,
+    RoundPublic,
+    RoundsPublic,
+)
+
+router = APIRouter(prefix="/experiments/{experiment_id}", tags=["results"])
+
+Kind = Literal[METRIC_KINDS]  # type: ignore[valid-type]
+RoundQuery = Annotated[int, Query(ge=-1, description="-1: the evaluation before training")]
+
+
+@router.get("/rounds", response_model=RoundsPublic)
+def list_rounds(
+    session: SessionDep, experiment: ExperimentDep, offset: OffsetDep = 0, limit: LimitDep = 500
+) -> RoundsPublic:
+    """The experiment's rounds in order, with their summaries."""
+    rows, count = crud.list_rounds(session, experiment_id=experiment.id, offset=offset, limit=limit)
+    return RoundsPublic(data=[RoundPublic.model_validate(r) for r in rows], count=count)
+
+
+@router.get("/metrics", response_model=MetricsPublic)
+def list_metrics(
+    session: SessionDep,
+    experiment: ExperimentDep,
+    kind: Kind | None = None,
+    client: Annotated[int | None, Query(ge=0)] = None,
+    round_min: RoundQuery | None = None,
+    round_max: RoundQuery | None = None,
+    offset: OffsetDep = 0,
+    limit: LimitDep = 100,
+) -> MetricsPublic:
+    """Metrics records (client steps, evaluations, diagnostics, rounds), filtered and paged."""
+    rows, count = crud.query_metrics(
+        session,
+        experiment_id=experiment.id,
+        kind=kind,
+        client=client,
+        round_min=round_min,
+        round_max=round_max,
+        offset=offset,
+        limit=limit,
+    )
+    return MetricsPublic(data=[MetricPublic.model_validate(m) for m in rows], count=count)
+
+
+@router.get("/diagnostics", response_model=DiagnosticsPublic)
+def list_diagnostics(
+    session: SessionDep,
+    experiment: ExperimentDep,
+    layer: str | None = None,
+    round: Annotated[int | None, Query(ge=0)] = None,
+    offset: OffsetDep = 0,
+    limit: LimitDep = 100,
+) -> DiagnosticsPublic:
+    """Per-layer diagnostics by round: singular spectra, residual energy, exactness error."""
+    rows, count = crud.query_diagnostics(
+        session, experiment_id=experiment.id, layer=layer, round=round, offset=offset, limit=limit
+    )
+    data = [
+        DiagnosticPublic.model_validate({**m.values, "round": m.round, "layer": m.layer})
+        for m in rows
+    ]
+    layers = crud.diagnostic_layers(session, experiment_id=experiment.id)
+    return DiagnosticsPublic(data=data, count=count, layers=layers)
