@@ -4,7 +4,8 @@
         [--strategies fedmomentum,fedit,...] [--target 0.6] [--out runs/convergence] [--json]
 
 Prints a table of final accuracy and eval loss, the first round reaching --target accuracy,
-and wall seconds per strategy. Each strategy runs in its own run directory under --out
+and the summed wall seconds of the rounds per strategy (read back from each run's
+metrics.jsonl). Each strategy runs in its own run directory under --out
 (re-running resumes finished ones, so an interrupted benchmark loses nothing).
 """
 
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 from backend.config import load_config
@@ -26,16 +26,15 @@ def measure(config: Path, strategy: str, rounds: int | None, out: Path) -> dict[
     cfg = cfg.model_copy(
         update={"strategy": strategy, "name": f"bench-{strategy}", "federation": fed}
     )
-    start = time.perf_counter()
-    summaries = run(cfg, out / strategy, progress=False)
-    lines = (out / strategy / "metrics.jsonl").read_text().splitlines()
-    initial = next(r for r in map(json.loads, lines) if r["kind"] == "eval")
+    run(cfg, out / strategy, progress=False)  # resumes a finished or interrupted run
+    records = [json.loads(line) for line in (out / strategy / "metrics.jsonl").open()]
+    rounds = [r for r in records if r["kind"] == "round"]
     return {
         "strategy": strategy,
-        "initial_accuracy": initial["accuracy"],
-        "accuracy": [s["accuracy"] for s in summaries],
-        "eval_loss": [s["eval_loss"] for s in summaries],
-        "seconds": time.perf_counter() - start,
+        "initial_accuracy": next(r["accuracy"] for r in records if r["kind"] == "eval"),
+        "accuracy": [r["accuracy"] for r in rounds],
+        "eval_loss": [r["eval_loss"] for r in rounds],
+        "seconds": sum(r["round_seconds"] for r in rounds),  # the rounds' own wall time
     }
 
 
