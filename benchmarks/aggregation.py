@@ -1,7 +1,7 @@
 """Aggregation kernel: exact SVD of M = sum_i p_i s_i B_i A_i, factored vs randomized vs dense.
 
     .venv/bin/python benchmarks/aggregation.py [--quick] [--json] [--dtype float64|float32]
-        [--device cpu|cuda] [--threads N] [--dense-all]
+        [--device cpu|cuda] [--threads N] [--shapes 4096x4096,...] [--dense-all]
 
 One run, the same seeded inputs for every method: N = 10 clients at rank r = 16 (K = 160),
 layer shapes 4096x4096 and 4096x11008 (Llama-7B-like), 576x576 and 576x192 (SmolLM2);
@@ -245,6 +245,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
     parser.add_argument("--dtype", default="float64", choices=["float64", "float32"])
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    parser.add_argument(
+        "--shapes",
+        type=lambda t: [parse_shape(x) for x in t.split(",")],
+        help="comma-separated d_outxd_in list instead of the default set, e.g. 4096x4096",
+    )
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's own)")
     parser.add_argument("--dense-all", action="store_true", help="dense above 4096x4096 too")
     parser.add_argument("--worker", nargs=2, metavar=("METHOD", "SHAPE"), help=argparse.SUPPRESS)
@@ -263,7 +268,7 @@ def main(argv: list[str] | None = None) -> None:
         res = measure(method, parse_shape(shape), getattr(torch, args.dtype), args.device)
         print(json.dumps(res))
         return
-    shapes = SMOL_SHAPES if args.quick else LLAMA_SHAPES + SMOL_SHAPES
+    shapes = args.shapes or (SMOL_SHAPES if args.quick else LLAMA_SHAPES + SMOL_SHAPES)
     all_rows, threads = [], 0
     for shape in shapes:
         rows, threads = rows_for_shape(shape, args)
