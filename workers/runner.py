@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import math
 import random
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -47,7 +46,7 @@ from workers.federated import (
     to_dense,
     to_peft_state_dict,
 )
-from workers.models import BUILTIN_MODELS, load_model, model_fingerprint
+from workers.models import BUILTIN_MODELS, load_model, model_fingerprint, model_info
 from workers.training import Encoded, encode, train_local
 
 StepCallback = Callable[[int, float], None]
@@ -106,8 +105,10 @@ def client_indices(cfg: ExperimentConfig) -> list[list[int]]:
     )
 
 
-def lora_settings(cfg: ExperimentConfig, rank: int) -> peft_glue.LoraSettings:
-    targets = cfg.lora.target_modules or list(_model_info(cfg.model).target_modules)
+def lora_settings(
+    cfg: ExperimentConfig, rank: int, default_targets: tuple[str, ...]
+) -> peft_glue.LoraSettings:
+    targets = cfg.lora.target_modules or list(default_targets)
     return peft_glue.LoraSettings(
         r=rank,
         alpha=cfg.lora.alpha,
@@ -115,12 +116,6 @@ def lora_settings(cfg: ExperimentConfig, rank: int) -> peft_glue.LoraSettings:
         target_modules=tuple(targets),
         rslora=cfg.lora.rslora,
     )
-
-
-def _model_info(name: str):  # noqa: ANN202 - ModelInfo
-    if name in BUILTIN_MODELS:
-        return BUILTIN_MODELS[name]
-    return BUILTIN_MODELS["smollm2-135m"]  # local dirs and hub ids: causal LM, q/v targets
 
 
 @dataclass
@@ -137,15 +132,15 @@ class Bench:
 @lru_cache(maxsize=4)  # one per rank group of a heterogeneous run
 def _bench(cfg_json: str, rank: int) -> Bench:
     cfg = ExperimentConfig.model_validate_json(cfg_json)
-    kind = _model_info(cfg.model).task
-    labels = len(task_of(cfg).labels) if kind == "seq-cls" else None
+    builtin = BUILTIN_MODELS.get(cfg.model)
+    labels = len(task_of(cfg).labels) if builtin and builtin.task == "seq-cls" else None
     model, tokenizer = load_model(cfg.model, num_labels=labels, seed=cfg.seed)
+    info = model_info(cfg.model, model)  # task and LoRA targets, also for local directories
+    settings = lora_settings(cfg, rank, info.target_modules)
     device = resolve_device(cfg.device)
-    peft = peft_glue.attach_lora(model, lora_settings(cfg, rank), task=kind, seed=cfg.seed).to(
-        device
-    )
+    peft = peft_glue.attach_lora(model, settings, task=info.task, seed=cfg.seed).to(device)
     base = {name: w.detach().clone() for name, w in peft_glue.base_weights(peft).items()}
-    return Bench(peft, tokenizer, kind, base, device)
+    return Bench(peft, tokenizer, info.task, base, device)
 
 
 def bench_for(cfg: ExperimentConfig, rank: int) -> Bench:
@@ -672,7 +667,3 @@ class _MetricsLog:
         if first == 0:
             keep = []
         write_text(self.path, "".join(line + "\n" for line in keep))
-
-
-def remove_run(root: Path) -> None:
-    shutil.rmtree(root, ignore_errors=True)

@@ -177,3 +177,16 @@ def test_a_run_directory_keeps_its_config(tmp_path):
     assert again == []  # finished: resuming does no more rounds
     with pytest.raises(ValueError, match="different config"):
         run(parse_config(tiny(name="a", federation=fed, seed=1)), tmp_path, progress=False)
+
+
+def test_a_local_model_directory_runs(tmp_path):
+    model, tokenizer = load_model("tiny-llama", seed=0)
+    model.save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    fed = {"num_clients": 2, "clients_per_round": 2, "rounds": 1}
+    cfg = parse_config(tiny(name="local", model=str(tmp_path / "model"), federation=fed))
+
+    summaries = run(cfg, tmp_path / "run", progress=False)
+
+    assert len(summaries) == 1 and math.isfinite(summaries[0]["eval_loss"])
+    assert (tmp_path / "run" / "export" / "merged" / "config.json").exists()

@@ -78,11 +78,6 @@ Delta = Tensor | LowRank
 """A backbone update: dense (d_out, d_in) or factored."""
 
 
-def delta_numel(delta: Delta) -> int:
-    """Numbers needed to send the delta in its current form."""
-    return delta.numel()
-
-
 def to_dense(delta: Delta) -> Tensor:
     return delta.dense() if isinstance(delta, LowRank) else delta
 
