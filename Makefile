@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 up: install
-	$(BIN)/python benchmarks/aggregation.py --quick
+	$(BIN)/fedmomentum up
 
 test: install
 	$(BIN)/python -m pytest

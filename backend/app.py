@@ -1,9 +1,16 @@
 """The FastAPI application: ``create_app(settings)``; routes under /api/v1, docs at /docs.
 
-Serve it with ``uvicorn --factory backend.app:create_app``. Imports no torch.
+Serve it with ``fedmomentum up`` (or ``uvicorn --factory backend.app:create_app``). Imports
+no torch. While it runs, a reconciler thread re-dispatches experiments whose workers went
+silent (at start, then every ``reconcile_interval_s``).
 """
 
 from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
@@ -11,6 +18,35 @@ from backend.api import api_router
 from backend.settings import Settings, get_settings
 
 API_PREFIX = "/api/v1"
+log = logging.getLogger(__name__)
+
+
+def _reconcile_loop(settings: Settings, stop: threading.Event) -> None:
+    from workers.dispatch import reconcile
+
+    while True:
+        try:
+            reconcile(settings)
+        except Exception:  # noqa: BLE001 - the database may be away: try again later
+            log.exception("reconcile failed")
+        if stop.wait(settings.reconcile_interval_s):
+            return
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    stop = threading.Event()
+    thread = None
+    if settings.reconcile_interval_s > 0:
+        thread = threading.Thread(
+            target=_reconcile_loop, args=(settings, stop), name="reconciler", daemon=True
+        )
+        thread.start()
+    yield
+    stop.set()
+    if thread is not None:
+        thread.join(timeout=10)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -21,6 +57,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         openapi_url=f"{API_PREFIX}/openapi.json",
         docs_url="/docs",
+        lifespan=_lifespan,
     )
     app.state.settings = settings or get_settings()
     app.include_router(api_router, prefix=API_PREFIX)

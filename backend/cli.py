@@ -45,6 +45,26 @@ def _migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _up(args: argparse.Namespace) -> int:
+    from backend.serve import up
+    from backend.settings import get_settings
+
+    settings = get_settings()
+    return up(
+        settings,
+        host=args.host or settings.api_host,
+        port=args.port or settings.api_port,
+        worker=not args.no_worker,
+    )
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from backend.serve import worker
+    from backend.settings import get_settings
+
+    return worker(get_settings(), queues=args.queues, name=args.name)
+
+
 def _table(summaries: list[dict[str, object]]) -> str:
     """The final per-round table."""
     head = (
@@ -83,6 +103,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--database-url", help="SQLAlchemy URL (default: FEDMOMENTUM_DATABASE_URL or SQLite)"
     )
     mig.set_defaults(func=_migrate)
+    up = sub.add_parser("up", help="migrate, start a worker and serve the API and dashboard")
+    up.add_argument("--host", help="default: FEDMOMENTUM_API_HOST or 127.0.0.1")
+    up.add_argument("--port", type=int, help="default: FEDMOMENTUM_API_PORT or 8000")
+    up.add_argument("--no-worker", action="store_true", help="serve only (workers run elsewhere)")
+    up.set_defaults(func=_up)
+    work = sub.add_parser("worker", help="run one Celery worker process (one task at a time)")
+    work.add_argument("--queues", default="train,aggregate", help="default: train,aggregate")
+    work.add_argument("--name", help="worker name (default: worker-<pid>@<host>)")
+    work.set_defaults(func=_worker)
     return parser
 
 

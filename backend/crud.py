@@ -20,6 +20,7 @@ from backend.models import (
     METRIC_KINDS,
     NO_INT,
     NO_LAYER,
+    Event,
     Experiment,
     ExperimentStatus,
     Metric,
@@ -105,6 +106,7 @@ def cancel_experiment(session: Session, *, experiment: Experiment) -> Experiment
         )
     experiment.status = ExperimentStatus.cancelled.value
     experiment.finished_at = utcnow()
+    session.add(Event(experiment_id=experiment.id, type="status", data={"status": "cancelled"}))
     session.commit()
     session.refresh(experiment)
     return experiment
@@ -162,23 +164,53 @@ def _metric_row(experiment_id: str, record: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def add_metrics(session: Session, *, experiment_id: str, records: Sequence[dict[str, Any]]) -> int:
+def add_metrics(
+    session: Session,
+    *,
+    experiment_id: str,
+    records: Sequence[dict[str, Any]],
+    emit: bool = False,
+) -> int:
     """Insert metrics records; a record whose key is already stored is skipped (idempotent).
 
-    Returns how many rows were new. Commits.
+    With ``emit``, the rows that were new also go out as one live ``metrics`` event (in the
+    same transaction: a re-delivered task emits nothing twice). Returns how many rows were
+    new. Commits.
     """
     rows = [_metric_row(experiment_id, r) for r in records]
     dialect = session.get_bind().dialect.name
     insert = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}.get(dialect)
     if insert is None:
         raise ValueError(f"database: unsupported dialect {dialect!r}; allowed: postgresql, sqlite")
-    added = 0
+    new: list[dict[str, Any]] = []
     for start in range(0, len(rows), _BATCH):
         stmt = insert(Metric).values(rows[start : start + _BATCH])
-        stmt = stmt.on_conflict_do_nothing(index_elements=METRIC_KEY).returning(Metric.id)
-        added += len(session.execute(stmt).all())  # rowcount is unreliable for ON CONFLICT
+        stmt = stmt.on_conflict_do_nothing(index_elements=METRIC_KEY).returning(
+            Metric.id, Metric.kind, Metric.round, Metric.client, Metric.step, Metric.layer
+        )  # rowcount is unreliable for ON CONFLICT
+        new.extend(r._asdict() for r in session.execute(stmt))
+    if emit and new:
+        by_key = {(r["kind"], r["round"], r["client"], r["step"], r["layer"]): r for r in rows}
+        public = [
+            _public(m, by_key[m["kind"], m["round"], m["client"], m["step"], m["layer"]])
+            for m in new
+        ]
+        session.add(Event(experiment_id=experiment_id, type="metrics", data={"records": public}))
     session.commit()
-    return added
+    return len(new)
+
+
+def _public(key: dict[str, Any], row: dict[str, Any]) -> dict[str, Any]:
+    """A metric as the API shows it (null where client, step or layer do not apply)."""
+    return {
+        "id": key["id"],
+        "kind": row["kind"],
+        "round": row["round"],
+        "client": None if row["client"] == NO_INT else row["client"],
+        "step": None if row["step"] == NO_INT else row["step"],
+        "layer": None if row["layer"] == NO_LAYER else row["layer"],
+        "values": row["values"],
+    }
 
 
 def query_metrics(

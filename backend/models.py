@@ -122,6 +122,10 @@ class Experiment(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Dispatch generation: every (re-)dispatch increments it, and a task carrying an older
+    # generation does nothing, so a re-dispatched round never runs twice side by side.
+    generation: Mapped[int] = mapped_column(Integer, default=0)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # last sign of life
 
 
 class Round(Base):
@@ -134,6 +138,7 @@ class Round(Base):
     experiment_id: Mapped[str] = _experiment_fk()
     round: Mapped[int] = mapped_column(Integer)
     status: Mapped[str] = mapped_column(String(16), default="running")
+    attempt: Mapped[int] = mapped_column(Integer, default=0)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     summary: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
@@ -188,4 +193,20 @@ class Artifact(Base):
     kind: Mapped[str] = mapped_column(String(32))
     path: Mapped[str] = mapped_column(Text)
     bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Event(Base):
+    """A live event (round started/finished, client progress, new metrics, status).
+
+    The id orders the stream and is the SSE event id: a client resumes after Last-Event-ID.
+    """
+
+    __tablename__ = "events"
+    __table_args__ = (Index("ix_events_experiment_id_id", "experiment_id", "id"),)
+
+    id: Mapped[int] = mapped_column(BigID, primary_key=True)
+    experiment_id: Mapped[str] = _experiment_fk()
+    type: Mapped[str] = mapped_column(String(32))
+    data: Mapped[dict[str, Any]] = mapped_column(JSONType)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -62,6 +62,19 @@ def export_path(runs_dir: Path, experiment_id: str, fmt: str) -> Path:
     return target
 
 
+def round_state_path(runs_dir: Path, experiment_id: str, round_num: int) -> Path:
+    """The server state committed by round ``round_num`` (the global adapter it produced:
+    ``state/round-<round + 1>``); FileNotFoundError when that round has not finished."""
+    root = run_dir(runs_dir, experiment_id)
+    target = root / "state" / f"round-{round_num + 1:04d}"
+    if not target.is_dir() or target.is_symlink():
+        raise FileNotFoundError(
+            f"experiment {experiment_id!r} has no global adapter of round {round_num} "
+            "(the round has not been aggregated)"
+        )
+    return _inside(target, root)
+
+
 def _files(target: Path, root: Path) -> Iterator[tuple[Path, str]]:
     """(file, name in the zip) under ``target``, skipping anything that resolves outside root."""
     if target.is_file():

@@ -33,11 +33,39 @@ class Settings(BaseSettings):
     database_url: str = Field(default_factory=_default_database_url)
     api_host: str = "127.0.0.1"
     api_port: int = Field(8000, gt=0, lt=65536)
+    # Celery. Default: kombu's filesystem transport under data_dir (no server needed) with
+    # results in SQLite. Deployment: redis://host:6379/0 (results then default to it too).
+    broker_url: str = "filesystem://"
+    result_backend: str | None = None  # default: the Redis broker, else db+sqlite in data_dir
+    broker_key_prefix: str = ""  # Redis only: prefix of every key (isolates test sessions)
+    # The longest task (one client's local training, or aggregation plus evaluation) must
+    # finish within this; Redis re-delivers a task unacknowledged for longer.
+    task_time_limit_s: int = Field(6 * 3600, gt=0)
+    max_round_attempts: int = Field(3, gt=0, description="a round below min_clients is retried")
+    # Reconciler: an active experiment with no sign of life (heartbeat) for stale_after_s is
+    # re-dispatched; it runs at service start and every reconcile_interval_s (0: never).
+    stale_after_s: float = Field(900.0, gt=0)
+    reconcile_interval_s: float = Field(30.0, ge=0)
+    progress_interval_s: float = Field(1.0, ge=0)  # client progress events / step metrics
+    torch_threads: int = Field(0, ge=0)  # per worker process; 0: torch's default
 
     @property
     def runs_dir(self) -> Path:
         """One directory per experiment (``runs_dir / <experiment id>``)."""
         return self.data_dir / "runs"
+
+    @property
+    def broker_dir(self) -> Path:
+        """Message folder of the filesystem broker."""
+        return self.data_dir / "broker"
+
+    @property
+    def celery_result_backend(self) -> str:
+        if self.result_backend:
+            return self.result_backend
+        if self.broker_url.startswith(("redis://", "rediss://")):
+            return self.broker_url
+        return f"db+sqlite:///{(self.data_dir / 'celery-results.db').absolute()}"
 
 
 @lru_cache

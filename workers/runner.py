@@ -383,10 +383,9 @@ def aggregate(paths: RunPaths, round_num: int, records: list[ClientRecord]) -> d
     start = time.perf_counter()
     result = aggregate_round(strategy, round_num, updates, _layer_states(cfg, paths, round_num))
     seconds = time.perf_counter() - start
-    _commit_state(cfg, paths, round_num, strategy, result, _average_heads(heads, updates))
     energies = [lr.diagnostics.residual_energy for lr in result.layers.values()]
     known = [e for e in energies if e is not None]
-    return {
+    summary: dict[str, object] = {
         "round": round_num,
         "mean_residual_energy": sum(known) / len(known) if known else None,
         "clients": [r.client for r in records],
@@ -396,6 +395,34 @@ def aggregate(paths: RunPaths, round_num: int, records: list[ClientRecord]) -> d
         "bytes_down": result.bytes_down,
         "diagnostics": {name: asdict(lr.diagnostics) for name, lr in result.layers.items()},
     }
+    _commit_state(cfg, paths, round_num, strategy, result, _average_heads(heads, updates), summary)
+    return summary
+
+
+def aggregated_summary(paths: RunPaths, round_num: int) -> dict[str, object]:
+    """The summary ``aggregate`` returned for a round (kept with the state it committed)."""
+    return read_json(paths.state(round_num + 1) / "summary.json")  # type: ignore[no-any-return]
+
+
+def client_metrics(rec: ClientRecord) -> list[dict[str, object]]:
+    """Metrics records of one client task: a loss per local step, then the task record."""
+    steps: list[dict[str, object]] = [
+        {"kind": "client_step", "round": rec.round, "client": rec.client, "step": i, "loss": loss}
+        for i, loss in enumerate(rec.losses)
+    ]
+    record = {k: v for k, v in asdict(rec).items() if k != "losses"}
+    return [*steps, {"kind": "client", **record}]
+
+
+def round_metrics(round_num: int, summary: dict[str, object]) -> list[dict[str, object]]:
+    """Metrics records of an aggregated and evaluated round: diagnostics per layer, the round."""
+    diagnostics: dict[str, dict[str, object]] = summary["diagnostics"]  # type: ignore[assignment]
+    records: list[dict[str, object]] = [
+        {"kind": "diagnostics", "round": round_num, "layer": layer, **diag}
+        for layer, diag in diagnostics.items()
+    ]
+    rest = {k: v for k, v in summary.items() if k != "diagnostics"}
+    return [*records, {"kind": "round", **rest}]
 
 
 def _average_heads(
@@ -418,9 +445,11 @@ def _commit_state(
     strategy: Strategy,
     result: RoundAggregate,
     head: dict[str, torch.Tensor],
+    summary: dict[str, object],
 ) -> None:
     previous = paths.state(round_num)
     with commit_dir(paths.state(round_num + 1)) as scratch:
+        write_json(scratch / "summary.json", summary)
         server: dict[str, torch.Tensor] = {}
         for rank in cfg.rank_groups():
             adapter = _next_adapter(cfg, strategy, result, rank, round_num)
@@ -624,14 +653,9 @@ def run(
             )
             steps.close()
             records.append(rec)
-            for step, loss in enumerate(rec.losses):
-                log.write(
-                    {"kind": "client_step", "round": t, "client": c, "step": step, "loss": loss}
-                )
-            log.write({"kind": "client", **{k: v for k, v in asdict(rec).items() if k != "losses"}})
+            for record in client_metrics(rec):
+                log.write(record)
         summary = aggregate(paths, t, records)
-        for layer, diag in summary.pop("diagnostics").items():  # type: ignore[attr-defined]
-            log.write({"kind": "diagnostics", "round": t, "layer": layer, **diag})
         t_eval = time.perf_counter()
         scores = evaluate(paths, t + 1, [r.client for r in records if r.ok])
         summary.update(
@@ -641,7 +665,10 @@ def run(
             train_seconds=sum(r.seconds for r in records),
             compute_seconds=sum(r.compute_seconds for r in records),
         )
-        log.write({"kind": "round", **summary})
+        log.write({"kind": "eval", "round": t, **scores})
+        for record in round_metrics(t, summary):
+            log.write(record)
+        summary.pop("diagnostics")
         summaries.append(summary)
         rounds.set_postfix(acc=f"{scores['accuracy']:.3f}", loss=f"{scores['eval_loss']:.3f}")
     export(paths, export_rank)

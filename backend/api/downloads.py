@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter, HTTPException, Path
 from fastapi.responses import StreamingResponse
 
 from backend.api.deps import ExperimentDep, SettingsDep
-from backend.runs import EXPORTS, export_path, run_dir, zip_stream
+from backend.runs import EXPORTS, export_path, round_state_path, run_dir, zip_stream
 
 router = APIRouter(prefix="/experiments/{experiment_id}", tags=["downloads"])
 
@@ -29,6 +29,27 @@ def download(
     except (FileNotFoundError, ValueError) as e:
         raise HTTPException(404, str(e)) from None
     filename = f"fedmomentum-{experiment.id}-{format}.zip"
+    return StreamingResponse(
+        zip_stream(target, run_dir(settings.runs_dir, experiment.id)),
+        media_type="application/zip",
+        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+    )
+
+
+@router.get(
+    "/rounds/{round}/adapter",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"application/zip": {}}, "description": "a zip archive"}},
+)
+def download_round_adapter(
+    experiment: ExperimentDep, settings: SettingsDep, round: Annotated[int, Path(ge=0)]
+) -> StreamingResponse:
+    """A zip of the global adapter that round ``round`` produced (with the server state)."""
+    try:
+        target = round_state_path(settings.runs_dir, experiment.id, round)
+    except (FileNotFoundError, ValueError) as e:
+        raise HTTPException(404, str(e)) from None
+    filename = f"fedmomentum-{experiment.id}-round-{round}.zip"
     return StreamingResponse(
         zip_stream(target, run_dir(settings.runs_dir, experiment.id)),
         media_type="application/zip",

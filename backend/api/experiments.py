@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Body, HTTPException, Query, Request, Response, status
@@ -13,12 +14,28 @@ from backend.checks import check_feasible
 from backend.models import Experiment, ExperimentStatus
 from backend.runs import remove_run_dir
 from backend.schemas import ExperimentClone, ExperimentCreate, ExperimentPublic, ExperimentsPublic
+from backend.settings import Settings
 from workers.catalog import STRATEGIES
+from workers.dispatch import dispatch
+
+log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/experiments", tags=["experiments"])
 
 Strategy = Literal[tuple(STRATEGIES)]  # type: ignore[valid-type]
 Sort = Literal[crud.SORTS]  # type: ignore[valid-type]
+
+
+def _dispatch(settings: Settings, session: SessionDep, experiment: Experiment) -> None:
+    """Send the new experiment to the workers. If the broker is down it stays queued and the
+    reconciler sends it later; the API does not fail a request it has stored."""
+    try:
+        dispatch(settings, session, experiment)
+    except Exception:  # noqa: BLE001
+        log.exception(
+            "experiment %s stored but not dispatched; the reconciler retries", experiment.id
+        )
+    session.refresh(experiment)
 
 
 def _check(config: ExperimentCreate) -> None:
@@ -34,11 +51,16 @@ def _check(config: ExperimentCreate) -> None:
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=ExperimentPublic)
 def create_experiment(
-    session: SessionDep, config: ExperimentCreate, request: Request, response: Response
+    session: SessionDep,
+    settings: SettingsDep,
+    config: ExperimentCreate,
+    request: Request,
+    response: Response,
 ) -> Experiment:
-    """Validate an experiment config and store it as a queued experiment."""
+    """Validate an experiment config, store it as a queued experiment and start it."""
     _check(config)
     experiment = crud.create_experiment(session, config=config)
+    _dispatch(settings, session, experiment)
     response.headers["Location"] = str(
         request.url_for("read_experiment", experiment_id=experiment.id)
     )
@@ -94,12 +116,14 @@ def delete_experiment(
 )
 def clone_experiment(
     session: SessionDep,
+    settings: SettingsDep,
     experiment: ExperimentDep,
     request: Request,
     response: Response,
     body: Annotated[ExperimentClone | None, Body()] = None,
 ) -> Experiment:
-    """A new queued experiment with the same config (optionally renamed)."""
+    """A new experiment with the same config (optionally renamed), started."""
     clone = crud.clone_experiment(session, experiment=experiment, name=body and body.name)
+    _dispatch(settings, session, clone)
     response.headers["Location"] = str(request.url_for("read_experiment", experiment_id=clone.id))
     return clone

@@ -1,0 +1,70 @@
+"""The Celery application, configured from Settings. Torch-free: the API imports it to send
+tasks by name; only the worker imports ``workers.tasks`` (and torch, on the first task).
+
+Queues: ``train`` (one client's local training) and ``aggregate`` (prepare, aggregation and
+evaluation, and Celery's own chord bookkeeping). Reliability settings:
+- acks_late + reject_on_worker_lost: a task is acknowledged only when it has finished, so a
+  worker that dies mid-task leaves it to be delivered again;
+- prefetch 1: a worker never holds tasks another idle worker could run;
+- visibility timeout above the hard time limit: Redis re-delivers an unacknowledged task only
+  once no live worker can still be running it.
+Kombu's filesystem transport removes a message when it is read, so after a crash of an
+embedded worker the reconciler (workers.dispatch.reconcile) re-dispatches instead.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from backend.settings import Settings, get_settings
+
+TRAIN_QUEUE = "train"
+AGGREGATE_QUEUE = "aggregate"
+
+
+def make_app(settings: Settings) -> Celery:
+    app = Celery("fedmomentum")
+    transport: dict[str, object] = {}
+    if settings.broker_url.startswith("filesystem://"):
+        folder = settings.broker_dir.absolute()
+        folder.mkdir(parents=True, exist_ok=True)
+        transport = {
+            "data_folder_in": str(folder),
+            "data_folder_out": str(folder),
+            "polling_interval": 0.05,  # default 1 s: it would add seconds to every round
+        }
+    elif settings.broker_url.startswith(("redis://", "rediss://")):
+        transport = {"visibility_timeout": settings.task_time_limit_s + 600}
+        if settings.broker_key_prefix:
+            transport["global_keyprefix"] = settings.broker_key_prefix
+    backend = settings.celery_result_backend
+    if backend.startswith("db+sqlite:///"):
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    app.conf.update(
+        broker_url=settings.broker_url,
+        broker_transport_options=transport,
+        result_backend=backend,
+        result_backend_transport_options=(
+            {"global_keyprefix": settings.broker_key_prefix} if settings.broker_key_prefix else {}
+        ),
+        result_expires=7 * 24 * 3600,
+        result_chord_retry_interval=0.1,
+        worker_timer_precision=0.1,  # how late a countdown may fire (default 1 s)  # chord_unlock polling (result backends without
+        # native chords, i.e. the embedded SQLite one); Redis counts chord parts natively
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],  # never pickle
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_time_limit=settings.task_time_limit_s,
+        task_default_queue=AGGREGATE_QUEUE,  # celery.chord_unlock goes here too
+        task_routes={"fedmomentum.train_client": {"queue": TRAIN_QUEUE}},
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+        worker_send_task_events=False,
+    )
+    return app
+
+
+app = make_app(get_settings())
