@@ -8,15 +8,12 @@ An unreachable PostgreSQL fails the tests (it is never skipped).
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
-import sqlalchemy as sa
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
@@ -24,37 +21,9 @@ from backend.app import create_app
 from backend.db import dispose_engines, get_engine, migrate
 from backend.models import Base
 from backend.settings import Settings
+from tests.helpers import postgres_schema
 
-POSTGRES_URL = os.environ.get(
-    "FEDMOMENTUM_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-)
 BACKENDS = ("sqlite", "postgresql")
-
-
-@contextmanager
-def postgres_schema() -> Iterator[str]:
-    """A URL whose connections use a fresh schema, dropped afterwards."""
-    schema = f"fm_test_{uuid.uuid4().hex[:10]}"
-    admin = sa.create_engine(
-        POSTGRES_URL, poolclass=sa.NullPool, connect_args={"connect_timeout": 5}
-    )
-    try:
-        with admin.begin() as conn:
-            conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-    except sa.exc.OperationalError as e:
-        pytest.fail(
-            f"PostgreSQL is unreachable at {POSTGRES_URL} (set FEDMOMENTUM_TEST_POSTGRES_URL); "
-            f"the API tests need it and are never skipped:\n{e}",
-            pytrace=False,
-        )
-    url = sa.make_url(POSTGRES_URL).update_query_dict({"options": f"-csearch_path={schema}"})
-    try:
-        yield url.render_as_string(hide_password=False)
-    finally:
-        dispose_engines()  # no pooled connection may outlive the schema
-        with admin.begin() as conn:
-            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
 
 
 @contextmanager

@@ -74,3 +74,48 @@ def test_backend_never_imports_torch(tmp_path):
 
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_create_dispatches_to_the_workers(client, create, settings):
+    experiment = create()
+
+    messages = list(settings.broker_dir.rglob("*.msg"))
+    assert len(messages) == 1  # the advance task, waiting for a worker
+    assert experiment["id"] in messages[0].read_text()
+
+
+def test_events_of_unknown_experiment_is_404(client):
+    response = client.get("/api/v1/experiments/nope/events")
+
+    assert response.status_code == 404
+    assert "nope" in response.json()["detail"]
+
+
+def test_events_replay_and_end_for_a_finished_experiment(client, create, session):
+    from backend import progress
+    from backend.models import Experiment
+
+    experiment = create()
+    row = session.get(Experiment, experiment["id"])
+    progress.add_event(session, row.id, "round_started", {"round": 0})
+    session.commit()
+    client.post(f"/api/v1/experiments/{row.id}/cancel")
+
+    body = client.get(f"/api/v1/experiments/{row.id}/events").text
+    resumed = client.get(
+        f"/api/v1/experiments/{row.id}/events", headers={"Last-Event-ID": "999999999"}
+    ).text
+
+    assert "event: round_started" in body
+    assert "event: status" in body and '"cancelled"' in body
+    assert body.rstrip().endswith('data: {"status": "cancelled"}')
+    assert "round_started" not in resumed and "event: end" in resumed
+
+
+def test_round_adapter_before_the_round_is_aggregated_is_404(client, create):
+    experiment = create()
+
+    response = client.get(f"/api/v1/experiments/{experiment['id']}/rounds/0/adapter")
+
+    assert response.status_code == 404
+    assert "round 0" in response.json()["detail"]
