@@ -128,6 +128,19 @@ class Experiment(Base):
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # last sign of life
 
 
+class Client(Base):
+    """One data holder of an experiment: its examples and LoRA rank (written at prepare)."""
+
+    __tablename__ = "clients"
+    __table_args__ = (UniqueConstraint("experiment_id", "client"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    experiment_id: Mapped[str] = _experiment_fk()
+    client: Mapped[int] = mapped_column(Integer)
+    n_examples: Mapped[int] = mapped_column(Integer)
+    rank: Mapped[int] = mapped_column(Integer)
+
+
 class Round(Base):
     """One federated round of an experiment; ``summary`` is the runner's round record."""
 

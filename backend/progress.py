@@ -14,6 +14,8 @@ from sqlalchemy.orm import Session
 
 from backend.models import (
     ACTIVE,
+    Artifact,
+    Client,
     ClientUpdate,
     Event,
     Experiment,
@@ -236,3 +238,34 @@ def has_metric(session: Session, experiment_id: str, kind: str, round_num: int) 
         )
         is not None
     )
+
+
+def record_clients(
+    session: Session, experiment_id: str, sizes: list[int], ranks: list[int]
+) -> None:
+    """The experiment's clients (examples and LoRA rank by client index), once. Commits."""
+    rows = [
+        {"experiment_id": experiment_id, "client": i, "n_examples": n, "rank": r}
+        for i, (n, r) in enumerate(zip(sizes, ranks, strict=True))
+    ]
+    for start in range(0, len(rows), 500):  # under SQLite's bound-parameter limit
+        stmt = _insert(session)(Client).values(rows[start : start + 500])
+        session.execute(stmt.on_conflict_do_nothing())
+    session.commit()
+
+
+def record_artifact(
+    session: Session, experiment_id: str, kind: str, path: str, round_num: int | None, size: int
+) -> None:
+    """Register a file or folder an experiment produced (path relative to its run dir),
+    once per (kind, round, path). Commits."""
+    exists = session.scalar(
+        select(Artifact.id).where(
+            Artifact.experiment_id == experiment_id, Artifact.kind == kind, Artifact.path == path
+        )
+    )
+    if exists is None:
+        session.add(
+            Artifact(experiment_id=experiment_id, kind=kind, path=path, round=round_num, bytes=size)
+        )
+    session.commit()

@@ -9,6 +9,7 @@ carry their generation and do nothing once it is outdated, so re-dispatching is 
 from __future__ import annotations
 
 import logging
+import time
 from functools import lru_cache
 
 from celery import Celery, chord, group
@@ -53,6 +54,7 @@ def send_round(
         app.signature(
             "fedmomentum.train_client",
             args=(experiment_id, round_num, client, attempt, generation),
+            kwargs={"sent_at": time.time()},  # the task reports how long it waited
             queue=TRAIN_QUEUE,
         )
         for client in clients
@@ -63,10 +65,10 @@ def send_round(
         queue=AGGREGATE_QUEUE,
     )
     # chord.run, not apply_async: only run() takes the countdown of the first chord_unlock
-    # poll (result backends without native chords, i.e. the embedded SQLite one), 0.1 s
+    # poll (result backends without native chords, i.e. the embedded SQLite one), 0.02 s
     # instead of a fixed 1 s per round; later polls come every result_chord_retry_interval.
     # Redis counts chord parts natively and ignores both.
-    chord(header, callback).run(header, callback, (), app=app, countdown=0.1)
+    chord(header, callback).run(header, callback, (), app=app, countdown=0.02)
 
 
 def dispatch(settings: Settings, session: Session, experiment: Experiment) -> int | None:

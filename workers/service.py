@@ -26,7 +26,7 @@ from backend.models import ACTIVE, ExperimentStatus
 from backend.runs import run_dir
 from backend.settings import Settings
 from workers import runner
-from workers.artifacts import RunPaths
+from workers.artifacts import RunPaths, read_json
 from workers.dispatch import send_round
 
 log = logging.getLogger(__name__)
@@ -80,6 +80,10 @@ def advance(settings: Settings, experiment_id: str, generation: int) -> str:
     paths = _paths(settings, experiment_id)
     try:
         runner.prepare(cfg, paths.root)
+        sizes = [len(idx) for idx in read_json(paths.split)["clients"]]
+        with _db(settings) as db:
+            ranks = [cfg.client_rank(i) for i in range(len(sizes))]
+            progress.record_clients(db, experiment_id, sizes, ranks)
         with _db(settings) as db:
             evaluated = progress.has_metric(db, experiment_id, "eval", -1)
         if not evaluated:
@@ -132,6 +136,7 @@ def _complete(
     try:
         if not (paths.export / "export.json").exists():
             runner.export(paths, max(cfg.rank_groups()))
+        _register(settings, experiment_id, paths, paths.export, "export", None)
     except OperationalError:
         raise
     except Exception as e:  # noqa: BLE001
@@ -197,8 +202,12 @@ def train(
     client: int,
     attempt: int,
     generation: int,
+    waited: float | None = None,
 ) -> dict[str, Any]:
-    """Train one client unless its result already exists; store its record and metrics."""
+    """Train one client unless its result already exists; store its record and metrics.
+
+    ``waited``: seconds between dispatch and the start of this task (queueing + latency).
+    """
     if _current(settings, experiment_id, generation) is None:
         return {"client": client, "skipped": "stale"}
     paths = _paths(settings, experiment_id)
@@ -214,9 +223,9 @@ def train(
     rec = runner.train_client(paths, round_num, client, on_step=reporter)
     reporter.pending = []  # every step is in rec.losses, written below
     with _db(settings) as db:
-        crud.add_metrics(
-            db, experiment_id=experiment_id, records=runner.client_metrics(rec), emit=True
-        )
+        records = runner.client_metrics(rec)
+        records[-1]["wait_seconds"] = waited  # the "client" record
+        crud.add_metrics(db, experiment_id=experiment_id, records=records, emit=True)
         record = {k: v for k, v in asdict(rec).items() if k != "losses"}
         progress.record_client(db, experiment_id, attempt, record)
         progress.heartbeat(db, experiment_id)
@@ -294,7 +303,24 @@ def _aggregate(
         if c in latest
     ]
     runner.aggregate(paths, t, records)
+    _register(settings, experiment_id, paths, paths.state(t + 1), "round_state", t)
     return None
+
+
+def _register(
+    settings: Settings,
+    experiment_id: str,
+    paths: RunPaths,
+    target: Path,
+    kind: str,
+    round_num: int | None,
+) -> None:
+    """Record a committed folder in the artifacts table (path relative to the run dir)."""
+    size = sum(f.stat().st_size for f in target.rglob("*") if f.is_file())
+    with _db(settings) as db:
+        progress.record_artifact(
+            db, experiment_id, kind, target.relative_to(paths.root).as_posix(), round_num, size
+        )
 
 
 def _finish_round(

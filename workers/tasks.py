@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from celery.signals import worker_process_init, worker_ready
@@ -28,7 +29,7 @@ worker_ready.connect(_setup)  # solo pool: tasks run in the main process
 worker_process_init.connect(_setup)  # prefork: in each child
 
 
-@app.task(name="fedmomentum.advance")
+@app.task(name="fedmomentum.advance", ignore_result=True)
 def advance(experiment_id: str, generation: int) -> str:
     """Prepare, evaluate the initial model, then start (or resume) the next round."""
     from workers import service
@@ -38,19 +39,27 @@ def advance(experiment_id: str, generation: int) -> str:
 
 @app.task(name="fedmomentum.train_client")
 def train_client(
-    experiment_id: str, round_num: int, client: int, attempt: int, generation: int
+    experiment_id: str,
+    round_num: int,
+    client: int,
+    attempt: int,
+    generation: int,
+    sent_at: float | None = None,
 ) -> dict[str, Any]:
     """Train one client. Never raises: a raising chord member would stall the round."""
     from workers import service
 
+    waited = None if sent_at is None else max(0.0, time.time() - sent_at)
     try:
-        return service.train(get_settings(), experiment_id, round_num, client, attempt, generation)
+        return service.train(
+            get_settings(), experiment_id, round_num, client, attempt, generation, waited
+        )
     except Exception as e:  # noqa: BLE001 - the aggregate step sees the missing result
         log.exception("train_client %s round %s client %s", experiment_id, round_num, client)
         return {"client": client, "ok": False, "error": f"{type(e).__name__}: {e}"}
 
 
-@app.task(name="fedmomentum.aggregate_round")
+@app.task(name="fedmomentum.aggregate_round", ignore_result=True)
 def aggregate_round(
     _results: list[dict[str, Any]],
     experiment_id: str,

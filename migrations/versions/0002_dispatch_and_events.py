@@ -1,4 +1,4 @@
-"""Dispatch generation and heartbeat of experiments, round attempts, live events.
+"""Dispatch generation and heartbeat of experiments, round attempts, clients, live events.
 
 Revision ID: 0002
 Revises: 0001
@@ -30,6 +30,22 @@ def upgrade() -> None:
     with op.batch_alter_table("rounds") as batch:
         batch.add_column(sa.Column("attempt", sa.Integer(), nullable=False, server_default="0"))
     op.create_table(
+        "clients",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("experiment_id", sa.String(32), nullable=False),
+        sa.Column("client", sa.Integer(), nullable=False),
+        sa.Column("n_examples", sa.Integer(), nullable=False),
+        sa.Column("rank", sa.Integer(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["experiment_id"],
+            ["experiments.id"],
+            name="fk_clients_experiment_id_experiments",
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("id", name="pk_clients"),
+        sa.UniqueConstraint("experiment_id", "client", name="uq_clients_experiment_id_client"),
+    )
+    op.create_table(
         "events",
         sa.Column("id", BIGID, autoincrement=True, nullable=False),
         sa.Column("experiment_id", sa.String(32), nullable=False),
@@ -50,6 +66,7 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_index("ix_events_experiment_id_id", table_name="events")
     op.drop_table("events")
+    op.drop_table("clients")
     with op.batch_alter_table("rounds") as batch:
         batch.drop_column("attempt")
     with op.batch_alter_table("experiments") as batch:

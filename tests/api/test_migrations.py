@@ -10,7 +10,7 @@ from backend.cli import main
 from backend.db import downgrade, get_engine, migrate
 from backend.models import Base
 
-TABLES = {"experiments", "rounds", "client_updates", "metrics", "artifacts", "events"}
+TABLES = {"experiments", "rounds", "client_updates", "metrics", "artifacts", "events", "clients"}
 
 
 def _tables(url: str) -> set[str]:
