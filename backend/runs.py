@@ -8,6 +8,7 @@ symlink planted in an export can make the API read or delete anything outside it
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import zipfile
@@ -60,6 +61,19 @@ def export_path(runs_dir: Path, experiment_id: str, fmt: str) -> Path:
             "exports are written when an experiment completes"
         )
     return target
+
+
+def check_export_rank(runs_dir: Path, experiment_id: str, rank: int) -> None:
+    """FileNotFoundError unless the exported rank-N adapter has rank ``rank``."""
+    info = run_dir(runs_dir, experiment_id) / "export" / "export.json"
+    exported = (
+        json.loads(info.read_text()).get("adapter_rank", {}).get("rank") if info.is_file() else None
+    )
+    if exported != rank:
+        raise FileNotFoundError(
+            f"experiment {experiment_id!r} has its rank-N adapter at rank {exported}, not {rank}; "
+            f"write another with `fedmomentum export <run dir> --rank {rank}`"
+        )
 
 
 def round_state_path(runs_dir: Path, experiment_id: str, round_num: int) -> Path:

@@ -4,11 +4,18 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, HTTPException, Path
+from fastapi import APIRouter, HTTPException, Path, Query
 from fastapi.responses import StreamingResponse
 
 from backend.api.deps import ExperimentDep, SettingsDep
-from backend.runs import EXPORTS, export_path, round_state_path, run_dir, zip_stream
+from backend.runs import (
+    EXPORTS,
+    check_export_rank,
+    export_path,
+    round_state_path,
+    run_dir,
+    zip_stream,
+)
 
 router = APIRouter(prefix="/experiments/{experiment_id}", tags=["downloads"])
 
@@ -21,11 +28,18 @@ Format = Literal[tuple(EXPORTS)]  # type: ignore[valid-type]
     responses={200: {"content": {"application/zip": {}}, "description": "a zip archive"}},
 )
 def download(
-    experiment: ExperimentDep, settings: SettingsDep, format: Format = "adapter"
+    experiment: ExperimentDep,
+    settings: SettingsDep,
+    format: Format = "adapter",
+    rank: Annotated[
+        int | None, Query(gt=0, description="adapter-rank: the rank wanted (default: exported)")
+    ] = None,
 ) -> StreamingResponse:
     """A zip of the export: merged model, PEFT adapter, backbone delta, or rank-N adapter."""
     try:
         target = export_path(settings.runs_dir, experiment.id, format)
+        if format == "adapter-rank" and rank is not None:
+            check_export_rank(settings.runs_dir, experiment.id, rank)
     except (FileNotFoundError, ValueError) as e:
         raise HTTPException(404, str(e)) from None
     filename = f"fedmomentum-{experiment.id}-{format}.zip"

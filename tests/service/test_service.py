@@ -78,6 +78,10 @@ def test_two_experiments_complete_without_mixing(running_redis_service: Service)
             "merged/config.json"
             in download(service, f"/experiments/{exp['id']}/download?format=merged").namelist()
         )
+        rank8 = download(service, f"/experiments/{exp['id']}/download?format=adapter-rank&rank=8")
+        assert "adapter-rank/adapter_model.safetensors" in rank8.namelist()
+        other = service.http.get(f"/experiments/{exp['id']}/download?format=adapter-rank&rank=3")
+        assert other.status_code == 404 and "rank 8, not 3" in other.json()["detail"]
         assert any(
             n.endswith("adapter-r8.safetensors")
             for n in download(service, f"/experiments/{exp['id']}/rounds/1/adapter").namelist()
