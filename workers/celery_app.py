@@ -31,6 +31,7 @@ def make_app(settings: Settings) -> Celery:
         transport = {
             "data_folder_in": str(folder),
             "data_folder_out": str(folder),
+            "control_folder": str(folder / "control"),  # default: ./control in the cwd
             "polling_interval": 0.01,  # default 1 s; each task hop waits for a poll
         }
     elif settings.broker_url.startswith(("redis://", "rediss://")):
