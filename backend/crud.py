@@ -164,6 +164,15 @@ def _metric_row(experiment_id: str, record: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def dialect_insert(session: Session) -> Any:
+    """The dialect's INSERT construct (it has ON CONFLICT DO NOTHING)."""
+    dialect = session.get_bind().dialect.name
+    insert = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}.get(dialect)
+    if insert is None:
+        raise ValueError(f"database: unsupported dialect {dialect!r}; allowed: postgresql, sqlite")
+    return insert
+
+
 def add_metrics(
     session: Session,
     *,
@@ -178,10 +187,7 @@ def add_metrics(
     new. Commits.
     """
     rows = [_metric_row(experiment_id, r) for r in records]
-    dialect = session.get_bind().dialect.name
-    insert = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}.get(dialect)
-    if insert is None:
-        raise ValueError(f"database: unsupported dialect {dialect!r}; allowed: postgresql, sqlite")
+    insert = dialect_insert(session)
     new: list[dict[str, Any]] = []
     for start in range(0, len(rows), _BATCH):
         stmt = insert(Metric).values(rows[start : start + _BATCH])

@@ -8,10 +8,10 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
+from backend.crud import dialect_insert
 from backend.models import (
     ACTIVE,
     Artifact,
@@ -33,13 +33,6 @@ EVENT_TYPES = (
     "client_finished",
     "metrics",
 )
-
-
-def _insert(session: Session) -> Any:
-    dialect = session.get_bind().dialect.name
-    if dialect not in ("postgresql", "sqlite"):
-        raise ValueError(f"database: unsupported dialect {dialect!r}; allowed: postgresql, sqlite")
-    return postgresql.insert if dialect == "postgresql" else sqlite.insert
 
 
 def add_event(session: Session, experiment_id: str, type: str, data: dict[str, Any]) -> None:
@@ -123,7 +116,7 @@ def stale_experiments(session: Session, *, stale_after_s: float | None) -> list[
     if stale_after_s is not None:
         cutoff: datetime = utcnow() - timedelta(seconds=stale_after_s)
         last = func.coalesce(Experiment.heartbeat_at, Experiment.created_at)
-        query = query.where(or_(last < cutoff))
+        query = query.where(last < cutoff)
     return list(session.scalars(query.order_by(Experiment.created_at)))
 
 
@@ -198,7 +191,7 @@ def record_client(
         "error": record.get("error"),
         "path": record.get("path"),
     }
-    stmt = _insert(session)(ClientUpdate).values(row).on_conflict_do_nothing()
+    stmt = dialect_insert(session)(ClientUpdate).values(row).on_conflict_do_nothing()
     session.execute(stmt)
     add_event(
         session,
@@ -249,7 +242,7 @@ def record_clients(
         for i, (n, r) in enumerate(zip(sizes, ranks, strict=True))
     ]
     for start in range(0, len(rows), 500):  # under SQLite's bound-parameter limit
-        stmt = _insert(session)(Client).values(rows[start : start + 500])
+        stmt = dialect_insert(session)(Client).values(rows[start : start + 500])
         session.execute(stmt.on_conflict_do_nothing())
     session.commit()
 

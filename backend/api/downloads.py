@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path as FilePath
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, HTTPException, Path, Query
@@ -16,6 +17,7 @@ from backend.runs import (
     run_dir,
     zip_stream,
 )
+from backend.settings import Settings
 
 router = APIRouter(prefix="/experiments/{experiment_id}", tags=["downloads"])
 
@@ -42,12 +44,7 @@ def download(
             check_export_rank(settings.runs_dir, experiment.id, rank)
     except (FileNotFoundError, ValueError) as e:
         raise HTTPException(404, str(e)) from None
-    filename = f"fedmomentum-{experiment.id}-{format}.zip"
-    return StreamingResponse(
-        zip_stream(target, run_dir(settings.runs_dir, experiment.id)),
-        media_type="application/zip",
-        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
-    )
+    return _zip_response(settings, experiment.id, target, f"{format}.zip")
 
 
 @router.get(
@@ -63,9 +60,16 @@ def download_round_adapter(
         target = round_state_path(settings.runs_dir, experiment.id, round)
     except (FileNotFoundError, ValueError) as e:
         raise HTTPException(404, str(e)) from None
-    filename = f"fedmomentum-{experiment.id}-round-{round}.zip"
+    return _zip_response(settings, experiment.id, target, f"round-{round}.zip")
+
+
+def _zip_response(
+    settings: Settings, experiment_id: str, target: FilePath, suffix: str
+) -> StreamingResponse:
+    """``target`` (inside the run directory) streamed as fedmomentum-<id>-<suffix>."""
+    filename = f"fedmomentum-{experiment_id}-{suffix}"
     return StreamingResponse(
-        zip_stream(target, run_dir(settings.runs_dir, experiment.id)),
+        zip_stream(target, run_dir(settings.runs_dir, experiment_id)),
         media_type="application/zip",
         headers={"Content-Disposition": f'attachment; filename="{filename}"'},
     )
