@@ -1,4 +1,5 @@
-"""The FastAPI application: ``create_app(settings)``; routes under /api/v1, docs at /docs.
+"""The FastAPI application: ``create_app(settings)``; routes under /api/v1, docs at /docs,
+the dashboard at /.
 
 Serve it with ``fedmomentum up`` (or ``uvicorn --factory backend.app:create_app``). Imports
 no torch. While it runs, a reconciler thread re-dispatches experiments whose workers went
@@ -15,6 +16,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from backend.api import api_router
+from backend.dashboard import mount_dashboard
 from backend.settings import Settings, get_settings
 
 API_PREFIX = "/api/v1"
@@ -61,4 +63,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings or get_settings()
     app.include_router(api_router, prefix=API_PREFIX)
+    mount_dashboard(app)
     return app

@@ -65,6 +65,33 @@ def _worker(args: argparse.Namespace) -> int:
     return worker(get_settings(), queues=args.queues, name=args.name)
 
 
+def _report(args: argparse.Namespace) -> int:
+    from backend import report
+
+    if args.run.is_dir():  # a run directory of `fedmomentum run`
+        data = report.data_from_run_dir(args.run)
+    else:  # an experiment of the service, by id
+        from sqlalchemy.orm import Session
+
+        from backend import crud
+        from backend.db import get_engine
+        from backend.settings import get_settings
+
+        settings = get_settings()
+        with Session(get_engine(settings.database_url)) as session:
+            experiment = crud.get_experiment(session, experiment_id=str(args.run))
+            if experiment is None:
+                raise FileNotFoundError(
+                    f"{args.run} is neither a run directory nor an experiment id in "
+                    f"{settings.database_url}"
+                )
+            data = report.data_from_db(session, settings.runs_dir, experiment)
+    out = args.out or Path(f"{data['experiment']['id']}-report.html")
+    out.write_text(report.render(data))
+    print(f"report: {out} ({out.stat().st_size / 1e6:.1f} MB, opens offline in a browser)")
+    return 0
+
+
 def _table(summaries: list[dict[str, object]]) -> str:
     """The final per-round table."""
     head = (
@@ -97,6 +124,10 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("run", type=Path)
     exp.add_argument("--rank", type=int, help="also export one PEFT adapter of this rank")
     exp.set_defaults(func=_export)
+    rep = sub.add_parser("report", help="write a run's charts as one offline HTML file")
+    rep.add_argument("run", type=Path, help="a run directory, or an experiment id of the service")
+    rep.add_argument("-o", "--out", type=Path, help="output file (default <run>-report.html)")
+    rep.set_defaults(func=_report)
     mig = sub.add_parser("migrate", help="create or upgrade the database schema (alembic upgrade)")
     mig.add_argument("--revision", default="head", help="target revision (default: head)")
     mig.add_argument(

@@ -31,7 +31,7 @@ class DataConfig(_Strict):
     n_eval: int | None = Field(None, gt=0, description="held-out examples shared by all clients")
     partition: str = Field("dirichlet", description="iid, dirichlet (over labels) or shards")
     alpha: float = Field(0.5, gt=0, description="Dirichlet concentration: smaller = more non-IID")
-    shards_per_client: int = Field(2, gt=0)
+    shards_per_client: int = Field(2, gt=0, description="shards partition: label shards per client")
 
     @field_validator("partition")
     @classmethod
@@ -42,7 +42,7 @@ class DataConfig(_Strict):
 class LoraConfig(_Strict):
     rank: int = Field(8, gt=0, le=256, description="LoRA rank r of the global adapter")
     alpha: float = Field(16.0, gt=0, description="LoRA alpha; scaling = alpha / r")
-    dropout: float = Field(0.05, ge=0, lt=1)
+    dropout: float = Field(0.05, ge=0, lt=1, description="LoRA dropout while training")
     target_modules: list[str] | None = Field(
         None, description="default: the model's q/v projections"
     )
@@ -50,17 +50,21 @@ class LoraConfig(_Strict):
 
 
 class AggregationConfig(_Strict):
-    svd: Literal["factored", "randomized", "dense"] = "factored"
-    oversample: int = Field(10, ge=0)
-    power_iters: int = Field(2, ge=0)
+    svd: Literal["factored", "randomized", "dense"] = Field(
+        "factored", description="exact factored SVD (never forms M), randomized, or dense"
+    )
+    oversample: int = Field(10, ge=0, description="randomized SVD: extra sketch columns")
+    power_iters: int = Field(2, ge=0, description="randomized SVD: power iterations")
     merge_every: int = Field(1, ge=1, description="fedmomentum: merge the residual every k rounds")
-    factor_split: Literal["sqrt", "b"] = "sqrt"
+    factor_split: Literal["sqrt", "b"] = Field(
+        "sqrt", description="fedmomentum: singular values split as sqrt into B and A, or all in B"
+    )
 
 
 class FederationConfig(_Strict):
-    num_clients: int = Field(5, gt=0, le=10_000)
-    clients_per_round: int = Field(5, gt=0)
-    rounds: int = Field(5, gt=0, le=10_000)
+    num_clients: int = Field(5, gt=0, le=10_000, description="data holders the data is split over")
+    clients_per_round: int = Field(5, gt=0, description="clients sampled each round")
+    rounds: int = Field(5, gt=0, le=10_000, description="federated rounds (train, aggregate)")
     min_clients_per_round: int = Field(1, gt=0, description="fewer successes retry the round")
     client_ranks: list[int] | None = Field(
         None, description="per-client LoRA ranks (heterogeneous)"
@@ -86,27 +90,27 @@ class FederationConfig(_Strict):
 class TrainingConfig(_Strict):
     local_steps: int = Field(8, gt=0, description="optimizer steps per client and round")
     local_epochs: float | None = Field(None, gt=0, description="overrides local_steps when set")
-    batch_size: int = Field(4, gt=0)
+    batch_size: int = Field(4, gt=0, description="examples per local step")
     max_length: int = Field(96, ge=8, le=4096, description="tokens per example")
-    lr: float = Field(1e-3, gt=0, lt=1)
-    weight_decay: float = Field(0.0, ge=0)
-    warmup_steps: int = Field(1, ge=0)
-    max_grad_norm: float = Field(1.0, gt=0)
+    lr: float = Field(1e-3, gt=0, lt=1, description="AdamW learning rate of the LoRA factors")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
+    warmup_steps: int = Field(1, ge=0, description="linear learning-rate warmup steps")
+    max_grad_norm: float = Field(1.0, gt=0, description="gradient clipping norm")
 
 
 class EvalConfig(_Strict):
-    batch_size: int = Field(16, gt=0)
+    batch_size: int = Field(16, gt=0, description="examples per evaluation batch")
     max_new_tokens: int | None = Field(None, gt=0, description="default: longest answer + 2")
 
 
 class ExperimentConfig(_Strict):
     """A whole federated fine-tuning experiment."""
 
-    name: str = Field("demo", min_length=1, max_length=200)
-    seed: int = Field(0, ge=0)
+    name: str = Field("demo", min_length=1, max_length=200, description="shown in lists and files")
+    seed: int = Field(0, ge=0, description="data split, sampling and initialisation")
     model: str = Field("smollm2-135m", description="built-in name or a local HF model directory")
     dataset: str = Field("wordnet-topics", description="built-in name or a .jsonl/.csv path")
-    strategy: str = Field("fedmomentum")
+    strategy: str = Field("fedmomentum", description="how client LoRAs are aggregated")
     device: str = Field("auto", description="auto (CUDA when present), cpu or cuda[:N]")
     data: DataConfig = DataConfig()
     lora: LoraConfig = LoraConfig()

@@ -55,6 +55,21 @@ def events_after(
     return list(session.scalars(query))
 
 
+def event_payload(event: Event) -> dict[str, Any]:
+    """What a client sees of an event (SSE data, report): its data and when it happened."""
+    return {**event.data, "created_at": event.created_at.isoformat()}
+
+
+def all_events(session: Session, *, experiment_id: str) -> list[Event]:
+    """Every event of an experiment, oldest first."""
+    out: list[Event] = []
+    while batch := events_after(
+        session, experiment_id=experiment_id, after=out[-1].id if out else 0
+    ):
+        out += batch
+    return out
+
+
 # ---- experiment status and dispatch ----------------------------------------------------------
 
 

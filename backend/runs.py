@@ -14,6 +14,7 @@ import shutil
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 # Download format -> path inside the run directory.
 EXPORTS: dict[str, str] = {
@@ -21,6 +22,13 @@ EXPORTS: dict[str, str] = {
     "adapter": "export/adapter",
     "delta": "export/adapter/backbone_delta.safetensors",
     "adapter-rank": "export/adapter-rank",
+}
+# What each format is, for the dashboard and the API docs (same keys as EXPORTS).
+EXPORT_HELP: dict[str, str] = {
+    "adapter": "PEFT adapter (adapter_config.json + safetensors) with the merged backbone delta",
+    "merged": "the full model with the adapter and every merged residual folded in",
+    "delta": "backbone_delta.safetensors: the residual merged into W over all rounds",
+    "adapter-rank": "the final update truncated to a rank-N PEFT adapter (no backbone change)",
 }
 _CHUNK = 1 << 20  # bytes read per write into the zip stream
 
@@ -74,6 +82,16 @@ def check_export_rank(runs_dir: Path, experiment_id: str, rank: int) -> None:
             f"experiment {experiment_id!r} has its rank-N adapter at rank {exported}, not {rank}; "
             f"write another with `fedmomentum export <run dir> --rank {rank}`"
         )
+
+
+def read_manifest(runs_dir: Path, experiment_id: str) -> dict[str, Any]:
+    """The run's manifest.json; FileNotFoundError until the run has been prepared."""
+    path = run_dir(runs_dir, experiment_id) / "manifest.json"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"experiment {experiment_id!r} has no manifest yet (written when its run starts)"
+        )
+    return json.loads(path.read_text())  # type: ignore[no-any-return]
 
 
 def round_state_path(runs_dir: Path, experiment_id: str, round_num: int) -> Path:

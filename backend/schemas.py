@@ -130,6 +130,7 @@ class CatalogPublic(BaseModel):
     models: list[CatalogEntry]
     datasets: list[CatalogEntry]
     partitions: list[str]
+    exports: list[CatalogEntry] = Field(description="download formats of a completed experiment")
     defaults: dict[str, Any] = Field(description="ExperimentConfig() as JSON")
     config_schema: dict[str, Any] = Field(description="JSON schema of ExperimentConfig")
 

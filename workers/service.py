@@ -223,9 +223,11 @@ def train(
     rec = runner.train_client(paths, round_num, client, on_step=reporter)
     reporter.pending = []  # every step is in rec.losses, written below
     with _db(settings) as db:
-        records = runner.client_metrics(rec)
-        records[-1]["wait_seconds"] = waited  # the "client" record
-        crud.add_metrics(db, experiment_id=experiment_id, records=records, emit=True)
+        if rec.ok:  # a failed attempt is kept in client_updates: its metrics would take the
+            # (round, client) keys and hide the retry that succeeds
+            records = runner.client_metrics(rec)
+            records[-1]["wait_seconds"] = waited  # the "client" record
+            crud.add_metrics(db, experiment_id=experiment_id, records=records, emit=True)
         record = {k: v for k, v in asdict(rec).items() if k != "losses"}
         progress.record_client(db, experiment_id, attempt, record)
         progress.heartbeat(db, experiment_id)

@@ -7,6 +7,7 @@ from functools import lru_cache
 from fastapi import APIRouter
 
 from backend.config import ExperimentConfig
+from backend.runs import EXPORT_HELP
 from backend.schemas import CatalogEntry, CatalogPublic
 from workers.catalog import DATASETS, MODELS, PARTITIONS, STRATEGIES
 
@@ -24,6 +25,7 @@ def _catalog() -> CatalogPublic:
         models=_entries(MODELS),
         datasets=_entries(DATASETS),
         partitions=list(PARTITIONS),
+        exports=_entries(EXPORT_HELP),
         defaults=ExperimentConfig().model_dump(mode="json"),
         config_schema=ExperimentConfig.model_json_schema(),
     )
@@ -31,5 +33,5 @@ def _catalog() -> CatalogPublic:
 
 @router.get("/catalog", response_model=CatalogPublic)
 def read_catalog() -> CatalogPublic:
-    """Strategies, models, datasets and partitions with descriptions; config defaults and schema."""
+    """Strategies, models, datasets, partitions and export formats; config defaults and schema."""
     return _catalog()

@@ -1,4 +1,4 @@
-"""Download an experiment's export as a zip, streamed."""
+"""Downloads: an experiment's exports and round adapters as streamed zips, its HTML report."""
 
 from __future__ import annotations
 
@@ -6,9 +6,10 @@ from pathlib import Path as FilePath
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, HTTPException, Path, Query
-from fastapi.responses import StreamingResponse
+from fastapi.responses import HTMLResponse, StreamingResponse
 
-from backend.api.deps import ExperimentDep, SettingsDep
+from backend import report
+from backend.api.deps import ExperimentDep, SessionDep, SettingsDep
 from backend.runs import (
     EXPORTS,
     check_export_rank,
@@ -61,6 +62,16 @@ def download_round_adapter(
     except (FileNotFoundError, ValueError) as e:
         raise HTTPException(404, str(e)) from None
     return _zip_response(settings, experiment.id, target, f"round-{round}.zip")
+
+
+@router.get("/report", response_class=HTMLResponse)
+def download_report(
+    session: SessionDep, experiment: ExperimentDep, settings: SettingsDep
+) -> HTMLResponse:
+    """One self-contained HTML file with every chart of the run (opens offline)."""
+    page = report.render(report.data_from_db(session, settings.runs_dir, experiment))
+    filename = f"fedmomentum-{experiment.id}-report.html"
+    return HTMLResponse(page, headers={"Content-Disposition": f'attachment; filename="{filename}"'})
 
 
 def _zip_response(

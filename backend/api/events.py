@@ -40,7 +40,7 @@ def _poll(settings: Settings, experiment_id: str, after: int) -> tuple[list[str]
         rows = progress.events_after(session, experiment_id=experiment_id, after=after)
     out = []
     for e in rows:
-        payload = json.dumps({**e.data, "created_at": e.created_at.isoformat()})
+        payload = json.dumps(progress.event_payload(e))
         out.append(f"id: {e.id}\nevent: {e.type}\ndata: {payload}\n\n")
         after = e.id
     return out, after, status

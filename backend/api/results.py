@@ -1,14 +1,15 @@
-"""What an experiment produced: rounds, metrics, per-layer diagnostics."""
+"""What an experiment produced: rounds, metrics, per-layer diagnostics, its manifest."""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, HTTPException, Query
 
 from backend import crud
-from backend.api.deps import ExperimentDep, LimitDep, OffsetDep, SessionDep
+from backend.api.deps import ExperimentDep, LimitDep, OffsetDep, SessionDep, SettingsDep
 from backend.models import METRIC_KINDS
+from backend.runs import read_manifest
 from backend.schemas import (
     DiagnosticPublic,
     DiagnosticsPublic,
@@ -77,3 +78,12 @@ def list_diagnostics(
     ]
     layers = crud.diagnostic_layers(session, experiment_id=experiment.id)
     return DiagnosticsPublic(data=data, count=count, layers=layers)
+
+
+@router.get("/manifest")
+def read_experiment_manifest(experiment: ExperimentDep, settings: SettingsDep) -> dict[str, Any]:
+    """What the run was made of: seed, model fingerprint, data split hash, package versions."""
+    try:
+        return read_manifest(settings.runs_dir, experiment.id)
+    except FileNotFoundError as e:
+        raise HTTPException(404, str(e)) from None

@@ -1,0 +1,119 @@
+// One experiment, live while it runs: header, actions and downloads, the run view (charts,
+// rounds, config, manifest) fed by the experiment's event stream.
+import { api, API, follow } from "api";
+import { fill, h, isActive } from "dom";
+import { applyEvent, newRun } from "run-state";
+import { roundsTable, runCharts, runDetails, runHeader } from "runview";
+
+const REDRAW_MS = 250; // at most four redraws a second, however fast events come
+
+export function render(app, { id }) {
+  let stop = null;
+  let timer = null;
+  let alive = true;
+  let catalog = null;
+  let manifest = null;
+  const head = h("div#run-head");
+  const actions = h("div.actions");
+  const banner = h("div.banner.reconnecting#reconnecting", { role: "status", hidden: true },
+    "Live events dropped: reconnecting…");
+  const live = h("div.live#live-clients");
+  const downloads = h("section.card.downloads#downloads");
+  const charts = h("div.charts");
+  const rounds = h("section.card#rounds");
+  const details = h("div#details");
+  const base = `${API}/experiments/${encodeURIComponent(id)}`;
+  let run = null;
+  let update = () => {};
+
+  function drawHead() {
+    const exp = run.experiment;
+    fill(head, runHeader(exp));
+    const active = isActive(exp.status);
+    fill(actions,
+      active ? h("button.danger#cancel", { on: { click: cancel } }, "Cancel") : null,
+      h("a.button#clone", { href: `#/new?from=${exp.id}` }, "Clone…"),
+      h("a.button#report", { href: `${base}/report`, download: "", "aria-disabled": String(active), class: active ? "button disabled" : "button",
+        title: active ? "available when the run has finished" : "one HTML file with every chart (opens offline)" }, "Report (HTML)"));
+    const done = exp.status === "completed";
+    fill(downloads, h("h3", {}, "Downloads"),
+      h("div.download-buttons", (catalog?.exports ?? []).map((f) =>
+        h("a.button", { href: `${base}/download?format=${f.name}`, download: "", id: `download-${f.name}`,
+          class: done ? "button" : "button disabled", "aria-disabled": String(!done),
+          title: done ? f.description : "written when the experiment completes" }, f.name))),
+      h("p.help", {}, done ? "Zip archives of the final model. Each round's global adapter is in the rounds table."
+        : "Exports are written when the experiment completes; each aggregated round's adapter is below."));
+  }
+
+  function drawLive() {
+    const progress = [...run.progress.values()].sort((a, b) => a.client - b.client);
+    const steps = run.experiment.config?.training?.local_steps;
+    fill(live, progress.length ? [h("h3", {}, `Round ${progress[0].round + 1}: clients training`),
+      h("ul", {}, progress.map((p) => h("li", {}, `client ${p.client}: step ${p.step + 1}${steps ? ` of ${steps}` : ""}, loss ${p.loss.toFixed(4)}`)))] : []);
+  }
+
+  function redraw() {
+    timer = null;
+    if (!alive) return;
+    update();
+    drawLive();
+    fill(rounds, h("h3", {}, "Rounds"), roundsTable(run, (r) =>
+      h("a", { href: `${base}/rounds/${r}/adapter`, download: "" }, `round ${r + 1} adapter`)));
+  }
+  const schedule = () => { timer ??= setTimeout(redraw, REDRAW_MS); };
+
+  async function refresh() { // the experiment row: progress, best accuracy, error, times
+    try {
+      const exp = await api(`/experiments/${encodeURIComponent(id)}`);
+      if (!alive) return;
+      run.experiment = exp;
+      drawHead();
+      if (!manifest && exp.status !== "queued") {
+        manifest = await api(`/experiments/${encodeURIComponent(id)}/manifest`).catch(() => null);
+        fill(details, runDetails(exp, manifest));
+      }
+    } catch { /* the stream's reconnecting banner says the server is away */ }
+  }
+
+  async function cancel() {
+    if (!confirm(`Cancel ${run.experiment.name}? Clients stop at their next step.`)) return;
+    try {
+      run.experiment = await api(`/experiments/${encodeURIComponent(id)}/cancel`, { method: "POST" });
+      drawHead();
+    } catch (e) {
+      alert(`Could not cancel: ${e.message}`);
+    }
+  }
+
+  (async () => {
+    let exp;
+    try {
+      [exp, catalog] = await Promise.all([api(`/experiments/${encodeURIComponent(id)}`), api("/catalog")]);
+    } catch (e) {
+      fill(app, h("div.card.empty-state", {}, h("h2", {}, e.status === 404 ? "No such experiment" : "Could not load the experiment"),
+        h("p", {}, e.message), h("a", { href: "#/" }, "Back to the experiments")));
+      return;
+    }
+    if (!alive) return;
+    run = newRun(exp);
+    fill(app, head, h("div.toolbar", actions), banner, live, downloads, charts, rounds, details);
+    drawHead();
+    fill(details, runDetails(exp, null));
+    update = runCharts(charts, run, { live: isActive(exp.status) });
+    refresh();
+    stop = follow(id, {
+      onEvent(type, data, eventId) {
+        applyEvent(run, type, data, eventId);
+        if (type === "status" || type === "round_finished") refresh();
+        schedule();
+      },
+      onState(state) {
+        banner.hidden = state !== "reconnecting";
+        app.dataset.stream = state;
+        if (state === "ended") { refresh(); schedule(); }
+      },
+    });
+  })();
+
+  return () => { alive = false; stop?.(); clearTimeout(timer); };
+}
