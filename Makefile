@@ -23,7 +23,10 @@ install: $(STAMP)
 up: install
 	$(BIN)/fedmomentum up
 
+# The browser tests drive Debian's chromium (never a browser downloaded by playwright).
 test: install
+	@test -x /usr/bin/chromium || { $(SUDO) apt-get update -qq && \
+		$(SUDO) apt-get install -y -qq --no-install-recommends chromium; }
 	$(BIN)/python -m pytest
 
 lint: install
