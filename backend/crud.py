@@ -20,6 +20,7 @@ from backend.models import (
     METRIC_KINDS,
     NO_INT,
     NO_LAYER,
+    ClientUpdate,
     Event,
     Experiment,
     ExperimentStatus,
@@ -140,6 +141,22 @@ def list_rounds(
     """The rounds of an experiment in order."""
     query = select(Round).where(Round.experiment_id == experiment_id).order_by(Round.round)
     return _page(session, query, offset, limit)
+
+
+def list_attempts(
+    session: Session,
+    *,
+    experiment_id: str,
+    ok: bool | None = None,
+    offset: int = 0,
+    limit: int = 500,
+) -> tuple[list[ClientUpdate], int]:
+    """Every client training attempt (failures included) by round, client and attempt."""
+    query = select(ClientUpdate).where(ClientUpdate.experiment_id == experiment_id)
+    if ok is not None:
+        query = query.where(ClientUpdate.ok == ok)
+    order = (ClientUpdate.round, ClientUpdate.client, ClientUpdate.attempt)
+    return _page(session, query.order_by(*order), offset, limit)
 
 
 def _metric_row(experiment_id: str, record: dict[str, Any]) -> dict[str, Any]:

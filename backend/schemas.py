@@ -70,6 +70,23 @@ class RoundsPublic(BaseModel):
     count: int
 
 
+class AttemptPublic(_FromORM):
+    """One client's training attempt in a round (``attempt`` counts the round's retries)."""
+
+    round: int
+    client: int
+    attempt: int
+    ok: bool
+    n_examples: int
+    seconds: float
+    error: str | None
+
+
+class AttemptsPublic(BaseModel):
+    data: list[AttemptPublic]
+    count: int
+
+
 class MetricPublic(_FromORM):
     """One metrics record; client, step and layer are null where they do not apply."""
 

@@ -1,4 +1,4 @@
-"""What an experiment produced: rounds, metrics, per-layer diagnostics, its manifest."""
+"""What an experiment produced: rounds, client attempts, metrics, diagnostics, its manifest."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from backend.api.deps import ExperimentDep, LimitDep, OffsetDep, SessionDep, Set
 from backend.models import METRIC_KINDS
 from backend.runs import read_manifest
 from backend.schemas import (
+    AttemptPublic,
+    AttemptsPublic,
     DiagnosticPublic,
     DiagnosticsPublic,
     MetricPublic,
@@ -32,6 +34,21 @@ def list_rounds(
     """The experiment's rounds in order, with their summaries."""
     rows, count = crud.list_rounds(session, experiment_id=experiment.id, offset=offset, limit=limit)
     return RoundsPublic(data=[RoundPublic.model_validate(r) for r in rows], count=count)
+
+
+@router.get("/attempts", response_model=AttemptsPublic)
+def list_attempts(
+    session: SessionDep,
+    experiment: ExperimentDep,
+    ok: bool | None = None,
+    offset: OffsetDep = 0,
+    limit: LimitDep = 500,
+) -> AttemptsPublic:
+    """Client training attempts, failures (``ok=false``, with the error) and retries included."""
+    rows, count = crud.list_attempts(
+        session, experiment_id=experiment.id, ok=ok, offset=offset, limit=limit
+    )
+    return AttemptsPublic(data=[AttemptPublic.model_validate(r) for r in rows], count=count)
 
 
 @router.get("/metrics", response_model=MetricsPublic)

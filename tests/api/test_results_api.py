@@ -157,3 +157,25 @@ def test_deleting_an_experiment_deletes_its_rows(client, experiment, session):
 
     assert _count(session, experiment["id"]) == 0  # ON DELETE CASCADE (SQLite: foreign_keys=ON)
     assert session.scalar(select(func.count()).select_from(Round)) == 0
+
+
+def test_attempts_list_failures_and_retries_in_order(client, create, session):
+    from backend import progress
+
+    experiment = create()
+    for client_id, attempt, ok in ((1, 0, False), (0, 0, True), (1, 1, True), (1, 1, True)):
+        record = {"round": 0, "client": client_id, "ok": ok, "n_examples": 7, "seconds": 0.5}
+        record["error"] = None if ok else "OSError: disk full"
+        progress.record_client(session, experiment["id"], attempt, record)  # the last: a re-run
+
+    everything = client.get(f"{API}/{experiment['id']}/attempts").json()
+    failures = client.get(f"{API}/{experiment['id']}/attempts", params={"ok": False}).json()
+
+    assert everything["count"] == 3
+    assert [(a["client"], a["attempt"], a["ok"]) for a in everything["data"]] == [
+        (0, 0, True),
+        (1, 0, False),
+        (1, 1, True),
+    ]
+    assert failures["count"] == 1 and failures["data"][0]["error"] == "OSError: disk full"
+    assert client.get(f"{API}/nope/attempts").status_code == 404

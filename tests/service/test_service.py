@@ -134,8 +134,13 @@ def test_round_below_min_clients_is_retried_then_fails_with_reason(
     assert "round 0: 0 of 2 clients succeeded after 3 attempts" in failed["error"]
     assert "min_clients_per_round is 2" in failed["error"]
     assert "client " in failed["error"]
-    clients = service.metrics(exp["id"], "client")
-    assert clients and not any(m["values"]["ok"] for m in clients)
+    attempts = service.http.get(f"/experiments/{exp['id']}/attempts").json()["data"]
+    assert {(a["client"], a["attempt"]) for a in attempts} == {
+        (c, k) for c in {a["client"] for a in attempts} for k in range(3)
+    }  # each sampled client, three attempts
+    assert len(attempts) == 6 and not any(a["ok"] for a in attempts)
+    assert all("rounds" in a["error"] for a in attempts)
+    assert service.metrics(exp["id"], "client") == []  # metrics hold only what a round used
     assert service.metrics(exp["id"], "round") == []
 
 
