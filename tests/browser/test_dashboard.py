@@ -274,3 +274,33 @@ def test_cli_report_of_a_run_directory(page: Page, tmp_path: Path) -> None:
     embedded = page.evaluate("JSON.parse(document.getElementById('report-data').textContent)")
     clients = [r for r in embedded["events"][0]["data"]["records"] if r["kind"] == "client"]
     assert clients and all("path" not in r["values"] for r in clients)  # no local paths
+
+
+def test_a_failed_run_shows_its_reason_and_the_failed_attempts(page: Page, tmp_path: Path) -> None:
+    service = Service(tmp_path, _env(tmp_path))
+    try:
+        service.api()  # no worker yet: the experiment waits in the filesystem broker
+        exp = service.create(federation={"num_clients": 4, "clients_per_round": 2, "rounds": 2,
+                                         "min_clients_per_round": 2})  # fmt: skip
+        run = service.tmp / "data" / "runs" / exp["id"]
+        run.mkdir(parents=True)
+        (run / "rounds").write_text("not a directory")  # every client upload fails
+        service.worker()
+        page.goto(f"{service.url}/#/experiments/{exp['id']}")
+        assert service.wait_finished(exp["id"])["status"] == "failed"  # (shows the logs if not)
+        page.wait_for_selector("#app[data-stream=ended]", timeout=30_000)
+        expect(page.locator("#run-head .badge")).to_have_text("failed", timeout=10_000)
+        expect(page.locator("#failure")).to_contain_text(
+            "0 of 2 clients succeeded after 3 attempts"
+        )
+        page.wait_for_function(  # drawn within REDRAW_MS of the last event
+            "document.getElementById('chart-timeline')?.data?.[0]?.x.length === 6"
+        )
+        failed = trace(page, "chart-timeline", "failed")
+        assert len(failed["x"]) == 6  # 2 clients x 3 attempts, all marked failed
+        texts = page.evaluate("document.getElementById('chart-timeline').data[0].text")
+        assert any("attempt 3" in t and "rounds" in t for t in texts), texts
+        expect(page.locator("#download-adapter")).to_have_attribute("aria-disabled", "true")
+        expect(page.locator("#report")).to_have_attribute("aria-disabled", "false")
+    finally:
+        service.close()
