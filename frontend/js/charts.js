@@ -196,8 +196,11 @@ function bytesFigure(run, opts) {
 
 /** Client tasks on a time axis: each attempt a bar (failures red, retries orange). */
 function timelineFigure(run, opts) {
-  const attempts = [...run.attempts.values()].sort((a, b) => a.round - b.round || a.client - b.client || a.attempt - b.attempt);
+  const attempts = [...run.attempts.values()];
   const timed = attempts.length > 0 && attempts.every((a) => a.created_at);
+  // In finishing order when timed, so live updates only ever append bars.
+  attempts.sort((a, b) => (timed ? Date.parse(a.created_at) - Date.parse(b.created_at) : 0) ||
+    a.round - b.round || a.attempt - b.attempt || a.client - b.client);
   const starts = [...run.roundStart.values()].map((t) => Date.parse(t)).filter((t) => !Number.isNaN(t));
   const t0 = timed ? Math.min(...starts, ...attempts.map((a) => Date.parse(a.created_at) - 1000 * a.seconds)) : 0;
   let clock = 0; // without timestamps (a run of `fedmomentum run`): tasks end to end
