@@ -24,7 +24,7 @@ def _export(args: argparse.Namespace) -> int:
     from workers.artifacts import RunPaths
     from workers.runner import export
 
-    info = export(RunPaths(args.run), args.rank)
+    info = export(RunPaths.at(args.run), args.rank)
     print(f"exported {args.run / 'export'}: {info}")
     return 0
 

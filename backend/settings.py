@@ -10,6 +10,8 @@ from typing import Any
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from backend.store import Store
+
 
 def _default_cache() -> Path:
     # Converted model weights are shared by every checkout and run of this user.
@@ -48,11 +50,24 @@ class Settings(BaseSettings):
     reconcile_interval_s: float = Field(30.0, ge=0)
     progress_interval_s: float = Field(1.0, ge=0)  # client progress events / step metrics
     torch_threads: int = Field(0, ge=0)  # per worker process; 0: torch's default
+    # Artifact store (run directories: adapters, uploads, exports), any fsspec URL:
+    # default data_dir/runs; s3://bucket/prefix with the `s3` extra (any S3-compatible store).
+    artifact_url: str = ""
+    # fsspec storage options as JSON, e.g. {"endpoint_url": "http://minio:9000"}; S3
+    # credentials come from the usual AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY variables.
+    artifact_options: dict[str, Any] = {}
+    # Cross-silo: silo name -> this worker's data for the clients pinned to that silo (a
+    # .jsonl/.csv path on this machine), as JSON, e.g. {"hospital-a": "/data/a.jsonl"}.
+    silo_data: dict[str, str] = {}
 
     @property
     def runs_dir(self) -> Path:
         """One directory per experiment (``runs_dir / <experiment id>``)."""
         return self.data_dir / "runs"
+
+    def runs_store(self) -> Store:
+        """The artifact store folder that holds one run directory per experiment."""
+        return Store(self.artifact_url or self.runs_dir, self.artifact_options)
 
     @property
     def broker_dir(self) -> Path:
