@@ -26,7 +26,8 @@ def _default_database_url(data: dict[str, Any]) -> str:
 class Settings(BaseSettings):
     """Configuration; every field can be set as FEDMOMENTUM_<NAME>."""
 
-    model_config = SettingsConfigDict(env_prefix="FEDMOMENTUM_")
+    # An empty variable means the default (docker-compose passes unset options as "").
+    model_config = SettingsConfigDict(env_prefix="FEDMOMENTUM_", env_ignore_empty=True)
 
     data_dir: Path = Path("data")  # runs, artifacts and the embedded SQLite database
     cache_dir: Path = _default_cache()  # converted models (e.g. SmolLM2 GGUF -> safetensors)
