@@ -651,7 +651,11 @@ PEFT adapter approximating the whole delta at a fixed rank; `../export.json` has
 
 
 def run(
-    cfg: ExperimentConfig, root: Path, *, progress: bool = True, export_rank: int | None = None
+    cfg: ExperimentConfig,
+    root: str | Path,
+    *,
+    progress: bool = True,
+    export_rank: int | None = None,
 ) -> list[dict[str, object]]:
     """Run (or resume) a whole experiment in this process; returns one summary per round."""
     from tqdm.auto import tqdm
