@@ -69,10 +69,7 @@ def test_cross_silo_clients_train_on_their_own_silos_worker(redis_service: Servi
         sizes = {m["client"]: m["values"]["n_examples"] for m in clients if m["round"] == round_num}
         assert sizes[0] == 12 and sizes[1] + sizes[2] == 20 and min(sizes.values()) > 0
     assert "Task fedmomentum.train_client[" not in server.output()
-    assert (
-        "fedmomentum.train_client" in silo_a.output()
-        and "fedmomentum.train_client" in silo_b.output()
-    )
+    assert all("Task fedmomentum.train_client[" in w.output() for w in (silo_a, silo_b))
     # The server's side (run directory, experiment config) holds no trace of the silos' data.
     run = service.tmp / "data" / "runs" / exp["id"]
     assert json.loads((run / "split.json").read_text())["clients"] == [None, None, None]
