@@ -18,7 +18,7 @@ import posixpath
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
@@ -131,31 +131,26 @@ class Store:
 
     # ---- writing ------------------------------------------------------------------------
 
-    def _tmp(self, key: str) -> str:
+    def _publish(self, key: str, write: Callable[[str], None]) -> None:
+        """``write`` a temporary name in the key's folder, then move it into place."""
         parent, name = posixpath.split(self.path(key))
-        self.fs.makedirs(parent, exist_ok=True)
-        return posixpath.join(parent, f".{name}.{uuid.uuid4().hex[:12]}.tmp")
-
-    def _replace(self, tmp: str, key: str) -> None:
+        tmp = posixpath.join(parent, f".{name}.{uuid.uuid4().hex[:12]}.tmp")
+        if self.local:  # object stores have no folders to create
+            self.fs.makedirs(parent, exist_ok=True)
         try:
+            write(tmp)
             if self.local:
                 os.replace(tmp, self.path(key))  # atomic, and replaces an existing file
             else:
-                self.fs.mv(tmp, self.path(key))
-        finally:
-            if self.fs.exists(tmp):
-                self.fs.rm(tmp)
-
-    def write_bytes(self, key: str, data: bytes) -> None:
-        """Write a file atomically: a temporary name in its folder, then moved into place."""
-        tmp = self._tmp(key)
-        try:
-            self.fs.pipe_file(tmp, data)
+                self.fs.mv(tmp, self.path(key))  # the object appears whole
         except BaseException:
             if self.fs.exists(tmp):
                 self.fs.rm(tmp)
             raise
-        self._replace(tmp, key)
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        """Write a file atomically: a temporary name in its folder, then moved into place."""
+        self._publish(key, lambda tmp: self.fs.pipe_file(tmp, data))
 
     def write_text(self, key: str, text: str) -> None:
         self.write_bytes(key, text.encode("utf-8"))
@@ -165,22 +160,20 @@ class Store:
 
     def append_text(self, key: str, text: str) -> None:
         """Append to a log file (not atomic: for the in-process runner's metrics log)."""
-        self.fs.makedirs(posixpath.dirname(self.path(key)), exist_ok=True)
+        if self.local:
+            self.fs.makedirs(posixpath.dirname(self.path(key)), exist_ok=True)
         with self.fs.open(self.path(key), "ab") as f:
             f.write(text.encode("utf-8"))
 
     def put_file(self, local: Path, key: str) -> None:
         """Copy a local file into the store atomically, streamed."""
-        tmp = self._tmp(key)
-        try:
+
+        def copy(tmp: str) -> None:
             with local.open("rb") as src, self.fs.open(tmp, "wb") as dst:
                 while chunk := src.read(_CHUNK):
                     dst.write(chunk)
-        except BaseException:
-            if self.fs.exists(tmp):
-                self.fs.rm(tmp)
-            raise
-        self._replace(tmp, key)
+
+        self._publish(key, copy)
 
     def remove(self, key: str) -> bool:
         """Delete a file or folder (and its commit marker); False when there was none."""

@@ -276,3 +276,10 @@ def test_the_worker_health_check_pings_the_live_worker(
 
     assert check(socket.gethostname()) == 0, shlex.join(["sh", "-c", script])
     assert check("no-such-container") != 0
+
+
+def test_the_readme_explains_every_setting() -> None:
+    readme = (ROOT / "README.md").read_text()
+    table = readme[readme.index("### Settings") :]
+
+    assert {name for name in SETTINGS if f"`{name}`" not in table} == set()
