@@ -7,7 +7,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field
+import fsspec
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from backend.store import Store
@@ -65,6 +66,23 @@ class Settings(BaseSettings):
     def runs_dir(self) -> Path:
         """One directory per experiment (``runs_dir / <experiment id>``)."""
         return self.data_dir / "runs"
+
+    @field_validator("artifact_url")
+    @classmethod
+    def _known_store(cls, v: str) -> str:
+        # At start-up, not at the first task: a typo or a missing s3fs must stop the process.
+        protocol = fsspec.core.split_protocol(v)[0] if v else None
+        if protocol is None:
+            return v
+        try:
+            fsspec.get_filesystem_class(protocol)
+        except (ValueError, ImportError) as e:
+            raise ValueError(
+                f"cannot use {protocol}:// ({e}); allowed: a local path, "
+                "file://, memory://, or s3:// (install the `s3` extra: pip install "
+                "'fedmomentum[s3]')"
+            ) from None
+        return v
 
     def runs_store(self) -> Store:
         """The artifact store folder that holds one run directory per experiment."""

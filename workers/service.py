@@ -46,9 +46,15 @@ def _paths(settings: Settings, experiment_id: str) -> RunPaths:
 
 
 def _send_round(
-    settings: Settings, experiment_id: str, cfg: ExperimentConfig, t: int, generation: int,
-    attempt: int, clients: list[int],
-) -> None:  # fmt: skip
+    settings: Settings,
+    experiment_id: str,
+    cfg: ExperimentConfig,
+    t: int,
+    generation: int,
+    attempt: int,
+    clients: list[int],
+) -> None:
+    """``send_round``, each silo client to its silo's queue."""
     silos = {c: silo for c in clients if (silo := cfg.silo_of(c)) is not None}
     send_round(settings, experiment_id, t, generation, attempt, clients, silos)
 

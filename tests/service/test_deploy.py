@@ -187,7 +187,7 @@ def test_the_api_image_installs_no_worker_package() -> None:
     modules = _worker_extra_modules()
     assert {"torch", "transformers", "peft", "safetensors"} <= modules
     assert not names & {"torch", "transformers", "peft", "safetensors", "accelerate"}
-    assert "pip install --no-cache-dir -e . " in dockerfile("api")  # no extras
+    assert "pip install --no-cache-dir -e '.[s3]'" in dockerfile("api")  # not the worker extra
     assert "[worker,s3]" in dockerfile("worker")
 
 

@@ -157,3 +157,11 @@ def test_an_object_store_commit_cut_short_stays_uncommitted(
 
     assert store.files("state/round-0003") == ["state/round-0003/a.bin"]  # half uploaded...
     assert not store.committed("state/round-0003")  # ...and so not committed
+
+
+def test_an_unusable_artifact_url_stops_at_start_naming_the_allowed() -> None:
+    with pytest.raises(ValueError, match="artifact_url") as error:
+        Settings(artifact_url="foo://bucket/runs")
+
+    assert "cannot use foo:// (Protocol not known: foo)" in str(error.value)
+    assert "allowed: a local path, file://, memory://, or s3://" in str(error.value)
