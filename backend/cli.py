@@ -24,7 +24,7 @@ def _export(args: argparse.Namespace) -> int:
     from workers.artifacts import RunPaths
     from workers.runner import export
 
-    info = export(RunPaths(args.run), args.rank)
+    info = export(RunPaths.at(args.run), args.rank)
     print(f"exported {args.run / 'export'}: {info}")
     return 0
 
@@ -85,7 +85,7 @@ def _report(args: argparse.Namespace) -> int:
                     f"{args.run} is neither a run directory nor an experiment id in "
                     f"{settings.database_url}"
                 )
-            data = report.data_from_db(session, settings.runs_dir, experiment)
+            data = report.data_from_db(session, settings.runs_store(), experiment)
     out = args.out or Path(f"{data['experiment']['id']}-report.html")
     out.write_text(report.render(data))
     print(f"report: {out} ({out.stat().st_size / 1e6:.1f} MB, opens offline in a browser)")

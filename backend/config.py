@@ -7,6 +7,7 @@ topics, 5 clients, Dirichlet(0.5), FedMomentum.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -14,6 +15,13 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from workers.catalog import DATASETS, MODELS, PARTITIONS, STRATEGIES
+
+# The service's Celery queues (workers.celery_app routes by these). A silo's queue is its
+# name, so these, and Celery's own default queue, cannot name a silo.
+TRAIN_QUEUE = "train"
+AGGREGATE_QUEUE = "aggregate"
+RESERVED_QUEUES = (TRAIN_QUEUE, AGGREGATE_QUEUE, "celery")
+SILO_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
 class _Strict(BaseModel):
@@ -69,6 +77,11 @@ class FederationConfig(_Strict):
     client_ranks: list[int] | None = Field(
         None, description="per-client LoRA ranks (heterogeneous)"
     )
+    silos: dict[str, list[int]] | None = Field(
+        None,
+        description="cross-silo: silo name -> its clients; they train only on workers of the "
+        "queue named after the silo, from the data those workers hold (FEDMOMENTUM_SILO_DATA)",
+    )
 
     @model_validator(mode="after")
     def _counts(self) -> FederationConfig:
@@ -84,7 +97,28 @@ class FederationConfig(_Strict):
                 raise ValueError(f"client_ranks needs one rank per client ({self.num_clients})")
             if min(self.client_ranks) <= 0:
                 raise ValueError("client_ranks: every rank must be > 0")
+        self._check_silos()
         return self
+
+    def _check_silos(self) -> None:
+        seen: dict[int, str] = {}
+        for name, clients in (self.silos or {}).items():
+            if not SILO_NAME.fullmatch(name) or name in RESERVED_QUEUES:
+                raise ValueError(
+                    f"silos: bad silo name {name!r}; allowed: 1-64 letters, digits, '_', '.', "
+                    f"'-' (starting with a letter or digit), except {', '.join(RESERVED_QUEUES)}"
+                )
+            if not clients:
+                raise ValueError(f"silos.{name}: needs at least one client")
+            for c in clients:
+                if not 0 <= c < self.num_clients:
+                    raise ValueError(
+                        f"silos.{name}: client {c} does not exist; "
+                        f"allowed: 0..{self.num_clients - 1}"
+                    )
+                if c in seen:
+                    raise ValueError(f"silos: client {c} is in both {seen[c]!r} and {name!r}")
+                seen[c] = name
 
 
 class TrainingConfig(_Strict):
@@ -167,6 +201,10 @@ class ExperimentConfig(_Strict):
         """LoRA rank of one client (the global rank unless client_ranks is set)."""
         ranks = self.federation.client_ranks
         return ranks[client] if ranks else self.lora.rank
+
+    def silo_of(self, client: int) -> str | None:
+        """The silo a client is pinned to (its queue), or None for the shared ``train``."""
+        return next((s for s, cs in (self.federation.silos or {}).items() if client in cs), None)
 
     def rank_groups(self) -> list[int]:
         return sorted({self.client_rank(c) for c in range(self.federation.num_clients)})

@@ -22,8 +22,9 @@ from sqlalchemy.orm import Session
 from backend import progress
 from backend.dashboard import FRONTEND_DIR, plotly_js
 from backend.models import Experiment
-from backend.runs import run_dir
+from backend.runs import read_manifest
 from backend.schemas import ExperimentPublic
+from backend.store import Store
 
 # Bare module names -> files under frontend/js; the dashboard's index.html maps the same names.
 MODULES = {
@@ -40,12 +41,16 @@ def _read_json(path: Path) -> Any:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def data_from_db(session: Session, runs_dir: Path, experiment: Experiment) -> dict[str, Any]:
+def data_from_db(session: Session, runs: Store, experiment: Experiment) -> dict[str, Any]:
     """The report's input for an experiment of the service: the experiment and its events."""
     events = progress.all_events(session, experiment_id=experiment.id)
+    try:
+        manifest = read_manifest(runs, experiment.id)
+    except FileNotFoundError:  # never started: a report of its config and events still helps
+        manifest = None
     return {
         "experiment": ExperimentPublic.model_validate(experiment).model_dump(mode="json"),
-        "manifest": _read_json(run_dir(runs_dir, experiment.id) / "manifest.json"),
+        "manifest": manifest,
         "events": [{"id": e.id, "type": e.type, "data": progress.event_payload(e)} for e in events],
     }
 

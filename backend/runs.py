@@ -1,22 +1,23 @@
 """Run directories on the API side: where an experiment's files are, its exports as a
 streamed zip, removal. Torch-free (workers.artifacts imports torch; the layout is the same:
-``<runs_dir>/<experiment id>/export/...``).
+``<runs store>/<experiment id>/export/...``). Run directories live in the artifact store
+(backend.store: a local directory, or s3:// when configured).
 
-Every path is resolved and checked to stay inside the run directory, so neither an id nor a
-symlink planted in an export can make the API read or delete anything outside it.
+An experiment id never names anything outside its run directory, and on a local disk files
+that resolve outside it (a symlink planted in an export) are neither read nor listed.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
+import posixpath
+import time
 import zipfile
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-# Download format -> path inside the run directory.
+from backend.store import Store
+
+# Download format -> key inside the run directory.
 EXPORTS: dict[str, str] = {
     "merged": "export/merged",
     "adapter": "export/adapter",
@@ -33,49 +34,39 @@ EXPORT_HELP: dict[str, str] = {
 _CHUNK = 1 << 20  # bytes read per write into the zip stream
 
 
-def _inside(path: Path, root: Path) -> Path:
-    """``path`` resolved; ValueError when it leaves ``root``."""
-    resolved = path.resolve()
-    if not resolved.is_relative_to(root.resolve()):
-        raise ValueError(f"{path} leaves {root}")
-    return resolved
+def run_dir(runs: Store, experiment_id: str) -> Store:
+    """The run directory of an experiment (it may not exist yet); ValueError for an id that
+    would leave the runs folder."""
+    if not experiment_id or experiment_id in (".", "..") or any(c in experiment_id for c in "/\\"):
+        raise ValueError(f"experiment id {experiment_id!r} leaves {runs.url()}")
+    return runs.sub(experiment_id)
 
 
-def run_dir(runs_dir: Path, experiment_id: str) -> Path:
-    """The run directory of an experiment (it may not exist yet)."""
-    return _inside(runs_dir / experiment_id, runs_dir)
-
-
-def remove_run_dir(runs_dir: Path, experiment_id: str) -> bool:
+def remove_run_dir(runs: Store, experiment_id: str) -> bool:
     """Delete an experiment's run directory; False when there was none."""
-    root = run_dir(runs_dir, experiment_id)
-    if root == runs_dir.resolve() or not root.is_dir():
-        return False
-    shutil.rmtree(root)
-    return True
+    run_dir(runs, experiment_id)  # the id check
+    return runs.remove(experiment_id)
 
 
-def export_path(runs_dir: Path, experiment_id: str, fmt: str) -> Path:
-    """The export file or folder of ``fmt``; FileNotFoundError naming what is missing."""
-    root = run_dir(runs_dir, experiment_id)
-    relative = EXPORTS[fmt]
-    try:
-        target = _inside(root / relative, root)
-    except ValueError:  # a symlink out of the run directory: treat as absent
-        target = None
-    if target is None or not target.exists():
+def export_path(runs: Store, experiment_id: str, fmt: str) -> str:
+    """The key of the export file or folder of ``fmt``; FileNotFoundError naming what is
+    missing."""
+    root = run_dir(runs, experiment_id)
+    key = EXPORTS[fmt]
+    if not (root.committed("export") and root.files(key)):
         raise FileNotFoundError(
-            f"experiment {experiment_id!r} has no {relative} yet (format {fmt!r}); "
+            f"experiment {experiment_id!r} has no {key} yet (format {fmt!r}); "
             "exports are written when an experiment completes"
         )
-    return target
+    return key
 
 
-def check_export_rank(runs_dir: Path, experiment_id: str, rank: int) -> None:
+def check_export_rank(runs: Store, experiment_id: str, rank: int) -> None:
     """FileNotFoundError unless the exported rank-N adapter has rank ``rank``."""
-    info = run_dir(runs_dir, experiment_id) / "export" / "export.json"
+    root = run_dir(runs, experiment_id)
+    info = "export/export.json"
     exported = (
-        json.loads(info.read_text()).get("adapter_rank", {}).get("rank") if info.is_file() else None
+        root.read_json(info).get("adapter_rank", {}).get("rank") if root.files(info) else None
     )
     if exported != rank:
         raise FileNotFoundError(
@@ -84,44 +75,35 @@ def check_export_rank(runs_dir: Path, experiment_id: str, rank: int) -> None:
         )
 
 
-def read_manifest(runs_dir: Path, experiment_id: str) -> dict[str, Any]:
+def read_manifest(runs: Store, experiment_id: str) -> dict[str, Any]:
     """The run's manifest.json; FileNotFoundError until the run has been prepared."""
-    path = run_dir(runs_dir, experiment_id) / "manifest.json"
-    if not path.is_file():
+    root = run_dir(runs, experiment_id)
+    if not root.files("manifest.json"):
         raise FileNotFoundError(
             f"experiment {experiment_id!r} has no manifest yet (written when its run starts)"
         )
-    return json.loads(path.read_text())  # type: ignore[no-any-return]
+    return root.read_json("manifest.json")  # type: ignore[no-any-return]
 
 
-def round_state_path(runs_dir: Path, experiment_id: str, round_num: int) -> Path:
-    """The server state committed by round ``round_num`` (the global adapter it produced:
-    ``state/round-<round + 1>``); FileNotFoundError when that round has not finished."""
-    root = run_dir(runs_dir, experiment_id)
-    target = root / "state" / f"round-{round_num + 1:04d}"
-    if not target.is_dir() or target.is_symlink():
+def round_state_path(runs: Store, experiment_id: str, round_num: int) -> str:
+    """The key of the server state committed by round ``round_num`` (the global adapter it
+    produced: ``state/round-<round + 1>``); FileNotFoundError when that round has not
+    finished."""
+    root = run_dir(runs, experiment_id)
+    key = f"state/round-{round_num + 1:04d}"
+    if not (root.committed(key) and root.files(key)):
         raise FileNotFoundError(
             f"experiment {experiment_id!r} has no global adapter of round {round_num} "
             "(the round has not been aggregated)"
         )
-    return _inside(target, root)
+    return key
 
 
-def _files(target: Path, root: Path) -> Iterator[tuple[Path, str]]:
-    """(file, name in the zip) under ``target``, skipping anything that resolves outside root."""
-    if target.is_file():
-        yield target, target.name
-        return
-    for folder, dirs, names in os.walk(target):  # does not follow symlinked folders
-        dirs.sort()
-        for name in sorted(names):
-            path = Path(folder) / name
-            try:
-                resolved = _inside(path, root)
-            except ValueError:
-                continue
-            if resolved.is_file():
-                yield resolved, f"{target.name}/{path.relative_to(target).as_posix()}"
+def _files(target: str, root: Store) -> Iterator[tuple[str, str]]:
+    """(key, name in the zip) of every file at or below ``target``."""
+    base = posixpath.basename(target)
+    for key in root.files(target):
+        yield key, base if key == target else f"{base}/{posixpath.relpath(key, target)}"
 
 
 class _Sink:
@@ -143,20 +125,21 @@ class _Sink:
         return data
 
 
-def zip_stream(target: Path, root: Path) -> Iterator[bytes]:
-    """A zip of ``target`` (file or folder) as chunks, about one file chunk in memory at once.
-
-    Stored, not deflated: safetensors weights do not compress.
+def zip_stream(target: str, root: Store) -> Iterator[bytes]:
+    """A zip of ``target`` (a file or folder key of the run directory ``root``) as chunks,
+    about one file chunk in memory at once. Stored, not deflated: weights do not compress.
     """
     return (chunk for chunk in _zip_chunks(target, root) if chunk)
 
 
-def _zip_chunks(target: Path, root: Path) -> Iterator[bytes]:
+def _zip_chunks(target: str, root: Store) -> Iterator[bytes]:
     sink = _Sink()
     with zipfile.ZipFile(sink, "w", compression=zipfile.ZIP_STORED) as archive:
-        for path, name in _files(target, root):
-            info = zipfile.ZipInfo.from_file(path, name)  # knows the size: zip64 when needed
-            with path.open("rb") as src, archive.open(info, "w") as dst:
+        for key, name in _files(target, root):
+            info = zipfile.ZipInfo(name, time.localtime()[:6])
+            info.external_attr = 0o644 << 16  # rw-r--r-- when unpacked
+            info.file_size = root.size(key)  # known up front: zip64 when needed
+            with root.open(key) as src, archive.open(info, "w") as dst:
                 while chunk := src.read(_CHUNK):
                     dst.write(chunk)
                     yield sink.take()

@@ -7,8 +7,11 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field
+import fsspec
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from backend.store import Store
 
 
 def _default_cache() -> Path:
@@ -24,7 +27,8 @@ def _default_database_url(data: dict[str, Any]) -> str:
 class Settings(BaseSettings):
     """Configuration; every field can be set as FEDMOMENTUM_<NAME>."""
 
-    model_config = SettingsConfigDict(env_prefix="FEDMOMENTUM_")
+    # An empty variable means the default (docker-compose passes unset options as "").
+    model_config = SettingsConfigDict(env_prefix="FEDMOMENTUM_", env_ignore_empty=True)
 
     data_dir: Path = Path("data")  # runs, artifacts and the embedded SQLite database
     cache_dir: Path = _default_cache()  # converted models (e.g. SmolLM2 GGUF -> safetensors)
@@ -48,11 +52,41 @@ class Settings(BaseSettings):
     reconcile_interval_s: float = Field(30.0, ge=0)
     progress_interval_s: float = Field(1.0, ge=0)  # client progress events / step metrics
     torch_threads: int = Field(0, ge=0)  # per worker process; 0: torch's default
+    # Artifact store (run directories: adapters, uploads, exports), any fsspec URL:
+    # default data_dir/runs; s3://bucket/prefix with the `s3` extra (any S3-compatible store).
+    artifact_url: str = ""
+    # fsspec storage options as JSON, e.g. {"endpoint_url": "http://minio:9000"}; S3
+    # credentials come from the usual AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY variables.
+    artifact_options: dict[str, Any] = {}
+    # Cross-silo: silo name -> this worker's data for the clients pinned to that silo (a
+    # .jsonl/.csv path on this machine), as JSON, e.g. {"hospital-a": "/data/a.jsonl"}.
+    silo_data: dict[str, str] = {}
 
     @property
     def runs_dir(self) -> Path:
         """One directory per experiment (``runs_dir / <experiment id>``)."""
         return self.data_dir / "runs"
+
+    @field_validator("artifact_url")
+    @classmethod
+    def _known_store(cls, v: str) -> str:
+        # At start-up, not at the first task: a typo or a missing s3fs must stop the process.
+        protocol = fsspec.core.split_protocol(v)[0] if v else None
+        if protocol is None:
+            return v
+        try:
+            fsspec.get_filesystem_class(protocol)
+        except (ValueError, ImportError) as e:
+            raise ValueError(
+                f"cannot use {protocol}:// ({e}); allowed: a local path, "
+                "file://, memory://, or s3:// (install the `s3` extra: pip install "
+                "'fedmomentum[s3]')"
+            ) from None
+        return v
+
+    def runs_store(self) -> Store:
+        """The artifact store folder that holds one run directory per experiment."""
+        return Store(self.artifact_url or self.runs_dir, self.artifact_options)
 
     @property
     def broker_dir(self) -> Path:

@@ -2,7 +2,9 @@
 tasks by name; only the worker imports ``workers.tasks`` (and torch, on the first task).
 
 Queues: ``train`` (one client's local training) and ``aggregate`` (prepare, aggregation and
-evaluation, and Celery's own chord bookkeeping). Reliability settings:
+evaluation, and Celery's own chord bookkeeping); in cross-silo mode also one queue per silo,
+named after it, for the clients pinned to that silo (workers.dispatch.send_round).
+Reliability settings:
 - acks_late + reject_on_worker_lost: a task is acknowledged only when it has finished, so a
   worker that dies mid-task leaves it to be delivered again;
 - prefetch 1: a worker never holds tasks another idle worker could run;
@@ -16,10 +18,10 @@ from __future__ import annotations
 
 from celery import Celery
 
+from backend.config import AGGREGATE_QUEUE, TRAIN_QUEUE
 from backend.settings import Settings, get_settings
 
-TRAIN_QUEUE = "train"
-AGGREGATE_QUEUE = "aggregate"
+__all__ = ["AGGREGATE_QUEUE", "TRAIN_QUEUE", "app", "make_app"]
 
 
 def make_app(settings: Settings) -> Celery:

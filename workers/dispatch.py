@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from functools import lru_cache
 
 from celery import Celery, chord, group
@@ -47,15 +48,21 @@ def send_round(
     generation: int,
     attempt: int,
     clients: list[int],
+    silos: Mapping[int, str] | None = None,
 ) -> None:
-    """One round as a chord: ``train_client`` per client, then ``aggregate_round``."""
+    """One round as a chord: ``train_client`` per client, then ``aggregate_round``.
+
+    A client pinned to a silo (``silos``: client -> silo name) goes to the queue named after
+    its silo, which only that silo's workers consume; every other client goes to ``train``.
+    """
+    silos = silos or {}
     app = celery_for(settings)
     header = group(
         app.signature(
             "fedmomentum.train_client",
             args=(experiment_id, round_num, client, attempt, generation),
             kwargs={"sent_at": time.time()},  # the task reports how long it waited
-            queue=TRAIN_QUEUE,
+            queue=silos.get(client, TRAIN_QUEUE),
         )
         for client in clients
     )

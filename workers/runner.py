@@ -21,17 +21,10 @@ import yaml
 
 from backend.config import ExperimentConfig
 from backend.settings import get_settings
+from backend.store import Store
 from workers import peft_glue
-from workers.artifacts import (
-    RunPaths,
-    commit_dir,
-    load_tensors,
-    read_json,
-    save_tensors,
-    write_json,
-    write_text,
-)
-from workers.data import TaskData, load_dataset, partition, split_hash
+from workers.artifacts import RunPaths, load_tensors, save_tensors
+from workers.data import Example, TaskData, load_dataset, partition, split_hash
 from workers.evaluation import evaluate_model
 from workers.federated import (
     AggregationOptions,
@@ -62,8 +55,9 @@ class ClientRecord:
     n_examples: int = 0
     seconds: float = 0.0  # the whole task: loading state, training, writing the upload
     compute_seconds: float = 0.0  # inside the optimizer loop only
-    path: str | None = None
+    path: str | None = None  # the upload's full location in the artifact store
     error: str | None = None
+    worker: str | None = None  # the Celery worker that trained it (service only)
     losses: list[float] = field(default_factory=list)
 
 
@@ -77,7 +71,7 @@ def resolve_device(name: str) -> torch.device:
 
 
 def load_run_config(paths: RunPaths) -> ExperimentConfig:
-    return ExperimentConfig.model_validate(yaml.safe_load(paths.config.read_text()))
+    return ExperimentConfig.model_validate(yaml.safe_load(paths.store.read_text(paths.config)))
 
 
 # ---- data and model, cached per process ---------------------------------------------------
@@ -92,17 +86,50 @@ def task_of(cfg: ExperimentConfig) -> TaskData:
     return _task(cfg.dataset, cfg.seed, cfg.data.n_train, cfg.data.n_eval)
 
 
-def client_indices(cfg: ExperimentConfig) -> list[list[int]]:
-    """Each client's training examples: the seeded partition of the config."""
+def client_indices(cfg: ExperimentConfig) -> list[list[int] | None]:
+    """Each client's training examples: the seeded partition of the config among the pooled
+    clients; None for a client pinned to a silo (its data never reaches the server)."""
+    pooled = [c for c in range(cfg.federation.num_clients) if cfg.silo_of(c) is None]
+    parts: list[list[int] | None] = [None] * cfg.federation.num_clients
+    if pooled:
+        for c, idx in zip(pooled, _partition(cfg, task_of(cfg).train, len(pooled)), strict=True):
+            parts[c] = idx
+    return parts
+
+
+def _partition(cfg: ExperimentConfig, examples: list[Example], n: int) -> list[list[int]]:
     d = cfg.data
     return partition(
-        task_of(cfg).train,
-        cfg.federation.num_clients,
+        examples,
+        n,
         d.partition,
         alpha=d.alpha,
         shards_per_client=d.shards_per_client,
         seed=cfg.seed,
     )
+
+
+@lru_cache(maxsize=4)
+def _silo_examples(location: str, seed: int) -> list[Example]:
+    task = load_dataset(location, seed=seed)
+    return task.train + task.eval  # all of a silo's records train; the server evaluates
+
+
+def silo_examples(cfg: ExperimentConfig, client: int) -> list[Example]:
+    """The training examples of a client pinned to a silo, read on that silo's worker from
+    the data path its settings hold (``FEDMOMENTUM_SILO_DATA``); the silo's file is split
+    among its clients by the config's partition. ValueError when this worker has none."""
+    silo = cfg.silo_of(client)
+    held = get_settings().silo_data
+    if silo is None or silo not in held:
+        raise ValueError(
+            f"client {client} is pinned to silo {silo!r}, whose data this worker does not "
+            f"hold; FEDMOMENTUM_SILO_DATA names: {', '.join(held) or 'none'}"
+        )
+    examples = _silo_examples(held[silo], cfg.seed)
+    members = (cfg.federation.silos or {})[silo]
+    part = _partition(cfg, examples, len(members))[members.index(client)]
+    return [examples[i] for i in part]
 
 
 def lora_settings(
@@ -187,22 +214,22 @@ def load_state_into(
 # ---- server state on disk ---------------------------------------------------------------------
 
 
-def _adapter_file(state_dir: Path, rank: int) -> Path:
-    return state_dir / f"adapter-r{rank}.safetensors"
+def _adapter_file(rank: int) -> str:
+    return f"adapter-r{rank}.safetensors"
 
 
-def _backbone_file(state_dir: Path, rank: int) -> Path:
-    return state_dir / f"backbone-r{rank}.safetensors"
+def _backbone_file(rank: int) -> str:
+    return f"backbone-r{rank}.safetensors"
 
 
 def read_group(
     paths: RunPaths, round_num: int, rank: int
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None]:
     """(adapter tensors, dense backbone deltas or None) of a rank group at a round's start."""
-    state = paths.state(round_num)
-    backbone = _backbone_file(state, rank)
-    return load_tensors(_adapter_file(state, rank)), (
-        load_tensors(backbone) if backbone.exists() else None
+    state = paths.store.sub(paths.state(round_num))
+    backbone = _backbone_file(rank)
+    return load_tensors(state, _adapter_file(rank)), (
+        load_tensors(state, backbone) if state.exists(backbone) else None
     )
 
 
@@ -221,24 +248,24 @@ def sample_clients(cfg: ExperimentConfig, round_num: int) -> list[int]:
     return sorted(rng.sample(range(cfg.federation.num_clients), cfg.federation.clients_per_round))
 
 
-def prepare(cfg: ExperimentConfig, root: Path) -> RunPaths:
+def prepare(cfg: ExperimentConfig, paths: RunPaths) -> RunPaths:
     """Validate the config against data and model, write config, split, manifest, round-0 state."""
-    paths = RunPaths(root)
-    if paths.config.exists() and load_run_config(paths) != cfg:
+    store = paths.store
+    if store.exists(paths.config) and load_run_config(paths) != cfg:
         raise ValueError(
-            f"{root} holds a run with a different config; resume it with the same config "
-            "or choose another --out"
+            f"{store.url()} holds a run with a different config; resume it with the same "
+            "config or choose another --out"
         )
     task = task_of(cfg)
     parts = client_indices(cfg)  # raises if there are more clients than examples
-    paths.root.mkdir(parents=True, exist_ok=True)
-    paths.config.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
-    write_json(paths.split, {"clients": parts, "hash": split_hash(parts, task)})
-    write_json(paths.manifest, _manifest(cfg, split_hash(parts, task)))
-    if not paths.state(0).exists():
-        with commit_dir(paths.state(0)) as scratch:
+    data_hash = split_hash([p or [] for p in parts], task)
+    store.write_text(paths.config, yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    store.write_json(paths.split, {"clients": parts, "hash": data_hash})
+    store.write_json(paths.manifest, _manifest(cfg, data_hash))
+    if not store.committed(paths.state(0)):
+        with store.commit_dir(paths.state(0)) as scratch:
             for rank in cfg.rank_groups():
-                save_tensors(_adapter_file(scratch, rank), _initial_adapter(cfg, rank))
+                save_tensors(scratch, _adapter_file(rank), _initial_adapter(cfg, rank))
     return paths
 
 
@@ -273,7 +300,7 @@ def train_client(
     try:
         cfg = load_run_config(paths)
         n, losses, compute = _train(paths, cfg, round_num, client, on_step)
-        upload = str(paths.upload(round_num, client))
+        upload = paths.store.url(paths.upload(round_num, client))
         return ClientRecord(
             round_num, client, True, n, time.perf_counter() - start, compute, upload, losses=losses
         )
@@ -297,15 +324,21 @@ def _train(
     strategy = get_strategy(cfg.strategy)
     rank = cfg.client_rank(client)
     bench = bench_for(cfg, rank)
+    store = paths.store
     adapter, backbone = read_group(paths, round_num, rank)
-    if strategy.personalised and paths.local(client).exists():
-        adapter = {**adapter, **load_tensors(paths.local(client))}  # fedsa: own B
+    if strategy.personalised and store.exists(paths.local(client)):
+        adapter = {**adapter, **load_tensors(store, paths.local(client))}  # fedsa: own B
     load_state_into(bench, adapter, backbone)
     peft_glue.set_trainable(
         bench.model, train_A="A" in strategy.trains, train_B="B" in strategy.trains
     )
-    idx = read_json(paths.split)["clients"][client]
-    data = [encoded(cfg, rank, "train")[i] for i in idx]
+    if cfg.silo_of(client) is None:
+        idx = store.read_json(paths.split)["clients"][client]
+        data = [encoded(cfg, rank, "train")[i] for i in idx]
+    else:  # cross-silo: this worker's own data; the server holds none of it
+        examples = silo_examples(cfg, client)
+        task = task_of(cfg)  # the label set (classifiers) is the experiment's
+        data = encode(examples, bench.tokenizer, cfg.training.max_length, bench.kind, task.labels)
     seed = cfg.seed * 1_000_003 + round_num * 10_007 + client
     t0 = time.perf_counter()
     losses = train_local(
@@ -321,18 +354,19 @@ def _train(
     lora = to_peft_state_dict(peft_glue.get_lora_factors(bench.model))
     head = {f"head.{k}": v for k, v in peft_glue.get_head_state(bench.model).items()}
     if strategy.personalised:  # fedsa: B never leaves the client
-        save_tensors(paths.local(client), {k: v for k, v in lora.items() if ".lora_B." in k})
+        save_tensors(store, paths.local(client), {k: v for k, v in lora.items() if ".lora_B." in k})
     upload = {k: v for k, v in lora.items() if _factor_name(k) in strategy.uploads}
-    save_tensors(paths.upload(round_num, client), {**upload, **head}, {"n_examples": str(len(idx))})
-    return len(idx), losses, compute
+    meta = {"n_examples": str(len(data))}
+    save_tensors(store, paths.upload(round_num, client), {**upload, **head}, meta)
+    return len(data), losses, compute
 
 
 def _layer_states(cfg: ExperimentConfig, paths: RunPaths, round_num: int) -> dict[str, LayerState]:
-    state = paths.state(round_num)
+    state = paths.store.sub(paths.state(round_num))
     ranks = frozenset(cfg.rank_groups())
-    adapters = {r: _factors(cfg, load_tensors(_adapter_file(state, r)), r) for r in ranks}
-    server = state / "server.safetensors"
-    extra = load_tensors(server) if server.exists() else {}
+    adapters = {r: _factors(cfg, load_tensors(state, _adapter_file(r)), r) for r in ranks}
+    server = "server.safetensors"
+    extra = load_tensors(state, server) if state.exists(server) else {}
     layers = next(iter(adapters.values())).keys()
     return {
         layer: LayerState(
@@ -370,12 +404,13 @@ def aggregate(paths: RunPaths, round_num: int, records: list[ClientRecord]) -> d
         )
     strategy = get_strategy(cfg.strategy, AggregationOptions(**cfg.aggregation.model_dump()))
     updates, heads = [], []
+    state = paths.store.sub(paths.state(round_num))
     for r in ok:
         rank = cfg.client_rank(r.client)
         # A factor a client does not upload (ffa's frozen A, fedsa's private B) is, for the
         # server, the one it broadcast.
-        sent = load_tensors(_adapter_file(paths.state(round_num), rank))
-        tensors = {**sent, **load_tensors(Path(r.path))}  # type: ignore[arg-type]
+        sent = load_tensors(state, _adapter_file(rank))
+        tensors = {**sent, **load_tensors(paths.store, paths.upload(round_num, r.client))}
         updates.append(ClientUpdate(str(r.client), r.n_examples, _factors(cfg, tensors, rank)))
         heads.append(
             {k.removeprefix("head."): v for k, v in tensors.items() if k.startswith("head.")}
@@ -401,7 +436,7 @@ def aggregate(paths: RunPaths, round_num: int, records: list[ClientRecord]) -> d
 
 def aggregated_summary(paths: RunPaths, round_num: int) -> dict[str, object]:
     """The summary ``aggregate`` returned for a round (kept with the state it committed)."""
-    return read_json(paths.state(round_num + 1) / "summary.json")  # type: ignore[no-any-return]
+    return paths.store.read_json(f"{paths.state(round_num + 1)}/summary.json")  # type: ignore[no-any-return]
 
 
 def client_metrics(rec: ClientRecord) -> list[dict[str, object]]:
@@ -447,31 +482,32 @@ def _commit_state(
     head: dict[str, torch.Tensor],
     summary: dict[str, object],
 ) -> None:
-    previous = paths.state(round_num)
-    with commit_dir(paths.state(round_num + 1)) as scratch:
-        write_json(scratch / "summary.json", summary)
+    previous = paths.store.sub(paths.state(round_num))
+    with paths.store.commit_dir(paths.state(round_num + 1)) as scratch:
+        scratch.write_json("summary.json", summary)
         server: dict[str, torch.Tensor] = {}
         for rank in cfg.rank_groups():
             adapter = _next_adapter(cfg, strategy, result, rank, round_num)
             save_tensors(
-                _adapter_file(scratch, rank),
+                scratch,
+                _adapter_file(rank),
                 {**adapter, **{f"head.{k}": v for k, v in head.items()}},
             )
             if strategy.changes_backbone:
-                old = _backbone_file(previous, rank)
-                backbone = load_tensors(old) if old.exists() else {}
+                old = _backbone_file(rank)
+                backbone = load_tensors(previous, old) if previous.exists(old) else {}
                 for layer, lr in result.layers.items():
                     if rank in lr.residuals:
                         backbone[layer] = (
                             backbone.get(layer, 0) + to_dense(lr.residuals[rank]).float()
                         )
-                save_tensors(_backbone_file(scratch, rank), backbone)
+                save_tensors(scratch, _backbone_file(rank), backbone)
         for layer, lr in result.layers.items():
             if lr.state.basis is not None:
                 server[f"basis.{layer}"] = lr.state.basis
             for rank, pending in lr.state.pending.items():
                 server[f"pending.r{rank}.{layer}"] = to_dense(pending).float()
-        save_tensors(scratch / "server.safetensors", server)
+        save_tensors(scratch, "server.safetensors", server)
     _prune_backbones(paths, round_num - 1)
 
 
@@ -489,8 +525,8 @@ def _prune_backbones(paths: RunPaths, round_num: int) -> None:
     """Dense backbone deltas are as large as the adapted layers: keep the last two rounds'."""
     if round_num < 1:
         return
-    for f in paths.state(round_num).glob("backbone-r*.safetensors"):
-        f.unlink()
+    for key in paths.store.glob(f"{paths.state(round_num)}/backbone-r*.safetensors"):
+        paths.store.remove(key)
 
 
 def evaluate(paths: RunPaths, round_num: int, clients: list[int] | None = None) -> dict[str, float]:
@@ -510,7 +546,8 @@ def evaluate(paths: RunPaths, round_num: int, clients: list[int] | None = None) 
         return _eval_bench(cfg, bench, rank)
     scores = []
     for c in clients:
-        own = load_tensors(paths.local(c)) if paths.local(c).exists() else {}
+        key = paths.local(c)
+        own = load_tensors(paths.store, key) if paths.store.exists(key) else {}
         load_state_into(bench, {**adapter, **own}, backbone)
         scores.append(_eval_bench(cfg, bench, rank))
     return {k: sum(s[k] for s in scores) / len(scores) for k in scores[0]}
@@ -542,22 +579,20 @@ def export(paths: RunPaths, rank_approx: int | None = None) -> dict[str, object]
     bench = bench_for(cfg, rank)
     adapter, backbone = read_group(paths, final, rank)
     info: dict[str, object] = {"round": final, "rank_group": rank}
-    with commit_dir(paths.export) as out:
+    with paths.store.commit_dir(paths.export) as out:  # a local scratch folder
         load_state_into(bench, adapter, backbone)
-        peft_glue.save_adapter(bench.model, out / "adapter")
+        peft_glue.save_adapter(bench.model, out.local_path("adapter"))
         deltas = peft_glue.weight_names(bench.model, backbone or {})
-        save_tensors(out / "adapter" / "backbone_delta.safetensors", deltas)
-        (out / "adapter" / "README.md").write_text(
-            _ADAPTER_README.format(model=cfg.model, n=len(deltas))
-        )
+        save_tensors(out, "adapter/backbone_delta.safetensors", deltas)
+        out.write_text("adapter/README.md", _ADAPTER_README.format(model=cfg.model, n=len(deltas)))
         merged = peft_glue.merged_model(bench.model)
-        merged.save_pretrained(out / "merged")
-        bench.tokenizer.save_pretrained(out / "merged")
+        merged.save_pretrained(out.local_path("merged"))
+        bench.tokenizer.save_pretrained(out.local_path("merged"))
         if rank_approx:
             info["adapter_rank"] = _export_rank(
-                bench, adapter, backbone or {}, cfg, rank_approx, out / "adapter-rank"
+                bench, adapter, backbone or {}, cfg, rank_approx, out.local_path("adapter-rank")
             )
-        write_json(out / "export.json", info)
+        out.write_json("export.json", info)
     return info
 
 
@@ -616,15 +651,19 @@ PEFT adapter approximating the whole delta at a fixed rank; `../export.json` has
 
 
 def run(
-    cfg: ExperimentConfig, root: Path, *, progress: bool = True, export_rank: int | None = None
+    cfg: ExperimentConfig,
+    root: str | Path,
+    *,
+    progress: bool = True,
+    export_rank: int | None = None,
 ) -> list[dict[str, object]]:
     """Run (or resume) a whole experiment in this process; returns one summary per round."""
     from tqdm.auto import tqdm
 
-    paths = prepare(cfg, root)
+    paths = prepare(cfg, RunPaths.at(root))
     start_round = paths.latest_state()
     summaries: list[dict[str, object]] = []
-    log = _MetricsLog(paths.metrics)
+    log = _MetricsLog(paths.store, paths.metrics)
     log.drop_rounds_from(start_round)  # an interrupted round is redone: no duplicate records
     if start_round == 0:
         log.write({"kind": "eval", "round": -1, **evaluate(paths, 0)})
@@ -678,19 +717,18 @@ def run(
 class _MetricsLog:
     """Append-only JSON lines."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, store: Store, key: str) -> None:
+        self.store, self.key = store, key
 
     def write(self, record: dict[str, object]) -> None:
-        with self.path.open("a") as f:
-            f.write(json.dumps(record, default=str) + "\n")
+        self.store.append_text(self.key, json.dumps(record, default=str) + "\n")
 
     def drop_rounds_from(self, first: int) -> None:
         """Forget records of rounds >= first (the initial evaluation is round -1)."""
-        if not self.path.exists():
+        if not self.store.exists(self.key):
             return
-        lines = self.path.read_text().splitlines()
+        lines = self.store.read_text(self.key).splitlines()
         keep = [line for line in lines if json.loads(line)["round"] < first]
         if first == 0:
             keep = []
-        write_text(self.path, "".join(line + "\n" for line in keep))
+        self.store.write_text(self.key, "".join(line + "\n" for line in keep))

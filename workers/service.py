@@ -13,7 +13,6 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy.exc import OperationalError
@@ -26,7 +25,7 @@ from backend.models import ACTIVE, ExperimentStatus
 from backend.runs import run_dir
 from backend.settings import Settings
 from workers import runner
-from workers.artifacts import RunPaths, read_json
+from workers.artifacts import RunPaths
 from workers.dispatch import send_round
 
 log = logging.getLogger(__name__)
@@ -43,7 +42,21 @@ def _db(settings: Settings) -> Iterator[Session]:
 
 
 def _paths(settings: Settings, experiment_id: str) -> RunPaths:
-    return RunPaths(run_dir(settings.runs_dir, experiment_id))
+    return RunPaths(run_dir(settings.runs_store(), experiment_id))
+
+
+def _send_round(
+    settings: Settings,
+    experiment_id: str,
+    cfg: ExperimentConfig,
+    t: int,
+    generation: int,
+    attempt: int,
+    clients: list[int],
+) -> None:
+    """``send_round``, each silo client to its silo's queue."""
+    silos = {c: silo for c in clients if (silo := cfg.silo_of(c)) is not None}
+    send_round(settings, experiment_id, t, generation, attempt, clients, silos)
 
 
 def _current(settings: Settings, experiment_id: str, generation: int) -> ExperimentConfig | None:
@@ -79,8 +92,9 @@ def advance(settings: Settings, experiment_id: str, generation: int) -> str:
         cfg = ExperimentConfig.model_validate(exp.config)
     paths = _paths(settings, experiment_id)
     try:
-        runner.prepare(cfg, paths.root)
-        sizes = [len(idx) for idx in read_json(paths.split)["clients"]]
+        runner.prepare(cfg, paths)
+        # A silo's client size is known once it has trained (the server never sees its data).
+        sizes = [len(idx or []) for idx in paths.store.read_json(paths.split)["clients"]]
         with _db(settings) as db:
             ranks = [cfg.client_rank(i) for i in range(len(sizes))]
             progress.record_clients(db, experiment_id, sizes, ranks)
@@ -126,7 +140,7 @@ def _continue(
         attempt = row.attempt if row is not None else 0
         clients = runner.sample_clients(cfg, t)
         progress.start_round(db, experiment_id, t, attempt, clients)
-    send_round(settings, experiment_id, t, generation, attempt, clients)
+    _send_round(settings, experiment_id, cfg, t, generation, attempt, clients)
     return f"round {t} dispatched"
 
 
@@ -134,7 +148,7 @@ def _complete(
     settings: Settings, experiment_id: str, cfg: ExperimentConfig, paths: RunPaths, generation: int
 ) -> str:
     try:
-        if not (paths.export / "export.json").exists():
+        if not paths.store.committed(paths.export):
             runner.export(paths, max(cfg.rank_groups()))
         _register(settings, experiment_id, paths, paths.export, "export", None)
     except OperationalError:
@@ -203,24 +217,27 @@ def train(
     attempt: int,
     generation: int,
     waited: float | None = None,
+    worker: str | None = None,
 ) -> dict[str, Any]:
     """Train one client unless its result already exists; store its record and metrics.
 
-    ``waited``: seconds between dispatch and the start of this task (queueing + latency).
+    ``waited``: seconds between dispatch and the start of this task (queueing + latency);
+    ``worker``: the name of the Celery worker running it (recorded with the client).
     """
     if _current(settings, experiment_id, generation) is None:
         return {"client": client, "skipped": "stale"}
     paths = _paths(settings, experiment_id)
-    if paths.state(round_num + 1).exists():
+    if paths.store.committed(paths.state(round_num + 1)):
         return {"client": client, "skipped": "round already aggregated"}
     with _db(settings) as db:
         done = progress.latest_client_updates(db, experiment_id, round_num).get(client)
-    if done is not None and done.ok and done.path and Path(done.path).exists():
+    if done is not None and done.ok and paths.store.exists(paths.upload(round_num, client)):
         return {"client": client, "ok": True, "skipped": "already trained"}
     reporter = _Reporter(settings, experiment_id, round_num, client)
     with _db(settings) as db:
         progress.heartbeat(db, experiment_id)
     rec = runner.train_client(paths, round_num, client, on_step=reporter)
+    rec.worker = worker
     reporter.pending = []  # every step is in rec.losses, written below
     with _db(settings) as db:
         if rec.ok:  # a failed attempt is kept in client_updates: its metrics would take the
@@ -246,7 +263,7 @@ def aggregate(
         return "stale"
     paths = _paths(settings, experiment_id)
     try:
-        if not paths.state(round_num + 1).exists():
+        if not paths.store.committed(paths.state(round_num + 1)):
             outcome = _aggregate(
                 settings, experiment_id, cfg, paths, round_num, attempt, generation
             )
@@ -279,7 +296,7 @@ def _aggregate(
         if attempt + 1 < settings.max_round_attempts:
             with _db(settings) as db:
                 progress.start_round(db, experiment_id, t, attempt + 1, failed)
-            send_round(settings, experiment_id, t, generation, attempt + 1, failed)
+            _send_round(settings, experiment_id, cfg, t, generation, attempt + 1, failed)
             return f"round {t} retried"
         reasons = "; ".join(
             f"client {c}: {latest[c].error if c in latest else 'no result'}" for c in failed
@@ -313,16 +330,14 @@ def _register(
     settings: Settings,
     experiment_id: str,
     paths: RunPaths,
-    target: Path,
+    key: str,
     kind: str,
     round_num: int | None,
 ) -> None:
     """Record a committed folder in the artifacts table (path relative to the run dir)."""
-    size = sum(f.stat().st_size for f in target.rglob("*") if f.is_file())
+    size = paths.store.size(key)
     with _db(settings) as db:
-        progress.record_artifact(
-            db, experiment_id, kind, target.relative_to(paths.root).as_posix(), round_num, size
-        )
+        progress.record_artifact(db, experiment_id, kind, key, round_num, size)
 
 
 def _finish_round(

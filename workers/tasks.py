@@ -8,6 +8,7 @@ import logging
 import time
 from typing import Any
 
+from celery import Task
 from celery.signals import worker_process_init, worker_ready
 
 from backend.settings import get_settings
@@ -37,8 +38,9 @@ def advance(experiment_id: str, generation: int) -> str:
     return service.advance(get_settings(), experiment_id, generation)
 
 
-@app.task(name="fedmomentum.train_client")
+@app.task(name="fedmomentum.train_client", bind=True)
 def train_client(
+    self: Task,
     experiment_id: str,
     round_num: int,
     client: int,
@@ -52,8 +54,9 @@ def train_client(
     waited = None if sent_at is None else max(0.0, time.time() - sent_at)
     try:
         return service.train(
-            get_settings(), experiment_id, round_num, client, attempt, generation, waited
-        )
+            get_settings(), experiment_id, round_num, client, attempt, generation, waited,
+            worker=self.request.hostname,
+        )  # fmt: skip
     except Exception as e:  # noqa: BLE001 - the aggregate step sees the missing result
         log.exception("train_client %s round %s client %s", experiment_id, round_num, client)
         return {"client": client, "ok": False, "error": f"{type(e).__name__}: {e}"}

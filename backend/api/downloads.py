@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path as FilePath
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, HTTPException, Path, Query
@@ -40,9 +39,9 @@ def download(
 ) -> StreamingResponse:
     """A zip of the export: merged model, PEFT adapter, backbone delta, or rank-N adapter."""
     try:
-        target = export_path(settings.runs_dir, experiment.id, format)
+        target = export_path(settings.runs_store(), experiment.id, format)
         if format == "adapter-rank" and rank is not None:
-            check_export_rank(settings.runs_dir, experiment.id, rank)
+            check_export_rank(settings.runs_store(), experiment.id, rank)
     except (FileNotFoundError, ValueError) as e:
         raise HTTPException(404, str(e)) from None
     return _zip_response(settings, experiment.id, target, f"{format}.zip")
@@ -58,7 +57,7 @@ def download_round_adapter(
 ) -> StreamingResponse:
     """A zip of the global adapter that round ``round`` produced (with the server state)."""
     try:
-        target = round_state_path(settings.runs_dir, experiment.id, round)
+        target = round_state_path(settings.runs_store(), experiment.id, round)
     except (FileNotFoundError, ValueError) as e:
         raise HTTPException(404, str(e)) from None
     return _zip_response(settings, experiment.id, target, f"round-{round}.zip")
@@ -69,18 +68,18 @@ def download_report(
     session: SessionDep, experiment: ExperimentDep, settings: SettingsDep
 ) -> HTMLResponse:
     """One self-contained HTML file with every chart of the run (opens offline)."""
-    page = report.render(report.data_from_db(session, settings.runs_dir, experiment))
+    page = report.render(report.data_from_db(session, settings.runs_store(), experiment))
     filename = f"fedmomentum-{experiment.id}-report.html"
     return HTMLResponse(page, headers={"Content-Disposition": f'attachment; filename="{filename}"'})
 
 
 def _zip_response(
-    settings: Settings, experiment_id: str, target: FilePath, suffix: str
+    settings: Settings, experiment_id: str, target: str, suffix: str
 ) -> StreamingResponse:
     """``target`` (inside the run directory) streamed as fedmomentum-<id>-<suffix>."""
     filename = f"fedmomentum-{experiment_id}-{suffix}"
     return StreamingResponse(
-        zip_stream(target, run_dir(settings.runs_dir, experiment_id)),
+        zip_stream(target, run_dir(settings.runs_store(), experiment_id)),
         media_type="application/zip",
         headers={"Content-Disposition": f'attachment; filename="{filename}"'},
     )

@@ -108,7 +108,7 @@ def delete_experiment(
         crud.delete_experiment(session, experiment=experiment)
     except ValueError as e:
         raise HTTPException(status.HTTP_409_CONFLICT, str(e)) from None
-    remove_run_dir(settings.runs_dir, experiment_id)
+    remove_run_dir(settings.runs_store(), experiment_id)
 
 
 @router.post(

@@ -101,6 +101,6 @@ def list_diagnostics(
 def read_experiment_manifest(experiment: ExperimentDep, settings: SettingsDep) -> dict[str, Any]:
     """What the run was made of: seed, model fingerprint, data split hash, package versions."""
     try:
-        return read_manifest(settings.runs_dir, experiment.id)
+        return read_manifest(settings.runs_store(), experiment.id)
     except FileNotFoundError as e:
         raise HTTPException(404, str(e)) from None

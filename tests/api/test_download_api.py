@@ -104,4 +104,4 @@ def test_ids_cannot_leave_the_runs_directory(client, settings):
 
     assert encoded.status_code == 404
     with pytest.raises(ValueError, match="leaves"):
-        run_dir(settings.runs_dir, "../../etc")
+        run_dir(settings.runs_store(), "../../etc")

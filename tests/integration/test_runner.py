@@ -78,7 +78,7 @@ def test_adapter_export_reloads_with_vanilla_peft(finished_run):
             state[name].add_(delta)
     reloaded = PeftModel.from_pretrained(base, str(export)).eval()
     bench = bench_for(cfg, 4)
-    load_state_into(bench, *read_group(RunPaths(finished_run), 2, 4))
+    load_state_into(bench, *read_group(RunPaths.at(finished_run), 2, 4))
     ids = tokenizer("Tom has 3 apples and buys 4 more.", return_tensors="pt").input_ids
 
     with torch.no_grad():
@@ -113,7 +113,7 @@ def test_heterogeneous_ranks_stay_exact(tmp_path):
     diags = records(tmp_path, "diagnostics")
     assert max(d["exactness_error"] for d in diags) < 1e-5
     for rank in (2, 4):
-        adapter, backbone = read_group(RunPaths(tmp_path), 2, rank)
+        adapter, backbone = read_group(RunPaths.at(tmp_path), 2, rank)
         assert backbone and next(k for k in adapter if "lora_A" in k)
         assert {v.shape[0] for k, v in adapter.items() if "lora_A" in k} == {rank}
 
@@ -164,7 +164,7 @@ def test_sequence_classification_with_minilm(tmp_path):
     summaries = run(cfg, tmp_path, progress=False)
 
     assert all(0.0 <= s["accuracy"] <= 1.0 and math.isfinite(s["eval_loss"]) for s in summaries)
-    adapter, _ = read_group(RunPaths(tmp_path), 2, 4)
+    adapter, _ = read_group(RunPaths.at(tmp_path), 2, 4)
     assert any(k.startswith("head.") for k in adapter)  # the classifier head is FedAvg'd
     assert max(d["exactness_error"] for d in records(tmp_path, "diagnostics")) < 1e-5
 

@@ -85,9 +85,9 @@ class Service:
         self.procs: list[Proc] = []
         self.api_proc: Proc | None = None
 
-    def _spawn(self, name: str, args: list[str]) -> Proc:
+    def _spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> Proc:
         log = self.tmp / f"{name}-{len(self.procs)}.log"
-        proc = Proc([sys.executable, "-m", "backend.cli", *args], self.env, log)
+        proc = Proc([sys.executable, "-m", "backend.cli", *args], env or self.env, log)
         self.procs.append(proc)
         return proc
 
@@ -100,8 +100,14 @@ class Service:
             self._wait(lambda: " ready." in proc.output(), proc, "the embedded worker")
         return proc
 
-    def worker(self, queues: str = "train,aggregate") -> Proc:
-        proc = self._spawn("worker", ["worker", "--queues", queues])
+    def worker(
+        self, queues: str = "train,aggregate", name: str | None = None, **settings: str
+    ) -> Proc:
+        """A worker process (``name``: its Celery node name; ``settings``: FEDMOMENTUM_*
+        variables of this worker only, e.g. silo_data)."""
+        args = ["worker", "--queues", queues] + (["--name", name] if name else [])
+        env = self.env | {f"FEDMOMENTUM_{k.upper()}": v for k, v in settings.items()}
+        proc = self._spawn("worker", args, env)
         self._wait(lambda: " ready." in proc.output(), proc, "the worker to be ready")
         return proc
 

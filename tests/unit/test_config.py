@@ -80,3 +80,28 @@ def test_cli_rejects_a_bad_config_before_any_work(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "strategy: unknown strategy 'fedavg'" in err and "lora.rank" in err
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    ("silos", "message"),
+    [
+        (
+            {"train": [0]},
+            r"silos: bad silo name 'train'; allowed: 1-64 letters.*except train, aggregate, celery",
+        ),
+        ({"a b": [0]}, r"silos: bad silo name 'a b'; allowed"),
+        ({"a": []}, r"silos.a: needs at least one client"),
+        ({"a": [4]}, r"silos.a: client 4 does not exist; allowed: 0..3"),
+        ({"a": [0, 1], "b": [1]}, r"silos: client 1 is in both 'a' and 'b'"),
+    ],
+)
+def test_bad_silos_name_the_field_and_the_allowed(silos, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_config({"federation": {"num_clients": 4, "clients_per_round": 2, "silos": silos}})
+
+
+def test_clients_are_pinned_to_their_silo():
+    fed = {"num_clients": 4, "clients_per_round": 4, "silos": {"hospital-a": [0, 2], "b.2": [3]}}
+    cfg = parse_config({"federation": fed})
+
+    assert [cfg.silo_of(c) for c in range(4)] == ["hospital-a", None, "hospital-a", "b.2"]
