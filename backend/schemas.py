@@ -155,3 +155,6 @@ class CatalogPublic(BaseModel):
 class HealthPublic(BaseModel):
     status: Literal["ok", "error"]
     database: str
+    auth: Literal["none", "writes", "all"] = Field(
+        "none", description="what needs the API token: nothing, writes and downloads, or all"
+    )

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import fsspec
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from backend.store import Store
@@ -58,6 +58,10 @@ class Settings(BaseSettings):
     # fsspec storage options as JSON, e.g. {"endpoint_url": "http://minio:9000"}; S3
     # credentials come from the usual AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY variables.
     artifact_options: dict[str, Any] = {}
+    # Auth: when set, every write and download needs `Authorization: Bearer <api_token>`,
+    # and so do reads unless open_reads (the dashboard asks for the token once per session).
+    api_token: SecretStr | None = None
+    open_reads: bool = False
     # Cross-silo: silo name -> this worker's data for the clients pinned to that silo (a
     # .jsonl/.csv path on this machine), as JSON, e.g. {"hospital-a": "/data/a.jsonl"}.
     silo_data: dict[str, str] = {}

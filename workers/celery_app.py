@@ -45,6 +45,12 @@ def make_app(settings: Settings) -> Celery:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
     app.conf.update(
         broker_url=settings.broker_url,
+        # The filesystem broker with atomic message files (kombu's can hand out half a file).
+        broker_transport=(
+            "workers.fs_transport:Transport"
+            if settings.broker_url.startswith("filesystem://")
+            else None
+        ),
         broker_transport_options=transport,
         result_backend=backend,
         result_backend_transport_options=(

@@ -6,12 +6,13 @@ from functools import lru_cache
 
 from fastapi import APIRouter
 
+from backend.api.deps import Read
 from backend.config import ExperimentConfig
 from backend.runs import EXPORT_HELP
 from backend.schemas import CatalogEntry, CatalogPublic
 from workers.catalog import DATASETS, MODELS, PARTITIONS, STRATEGIES
 
-router = APIRouter(tags=["catalog"])
+router = APIRouter(tags=["catalog"], dependencies=[Read])
 
 
 def _entries(items: dict[str, str]) -> list[CatalogEntry]:

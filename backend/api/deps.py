@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Iterator
 from typing import Annotated
 
@@ -39,3 +40,34 @@ def get_experiment(session: SessionDep, experiment_id: str) -> Experiment:
 ExperimentDep = Annotated[Experiment, Depends(get_experiment)]
 OffsetDep = Annotated[int, Query(ge=0, description="rows to skip")]
 LimitDep = Annotated[int, Query(ge=1, le=MAX_LIMIT, description=f"rows per page (<= {MAX_LIMIT})")]
+
+
+def _check_token(request: Request, settings: Settings) -> None:
+    """401 unless the request carries ``Authorization: Bearer <api_token>`` (when one is set)."""
+    if settings.api_token is None:
+        return
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    expected = settings.api_token.get_secret_value().encode()
+    # compare_digest: the time taken does not depend on how much of the token matched.
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected):
+        raise HTTPException(
+            401,
+            "this server needs an API token: send `Authorization: Bearer <token>` "
+            "(FEDMOMENTUM_API_TOKEN of the server)",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+
+
+def require_token(request: Request, settings: SettingsDep) -> None:
+    """Writes and downloads: always behind the token when one is set."""
+    _check_token(request, settings)
+
+
+def require_read(request: Request, settings: SettingsDep) -> None:
+    """Reads: behind the token too, unless FEDMOMENTUM_OPEN_READS says they may stay open."""
+    if not settings.open_reads:
+        _check_token(request, settings)
+
+
+Write = Depends(require_token)
+Read = Depends(require_read)

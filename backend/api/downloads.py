@@ -8,7 +8,7 @@ from fastapi import APIRouter, HTTPException, Path, Query
 from fastapi.responses import HTMLResponse, StreamingResponse
 
 from backend import report
-from backend.api.deps import ExperimentDep, SessionDep, SettingsDep
+from backend.api.deps import ExperimentDep, SessionDep, SettingsDep, Write
 from backend.runs import (
     EXPORTS,
     check_export_rank,
@@ -19,7 +19,8 @@ from backend.runs import (
 )
 from backend.settings import Settings
 
-router = APIRouter(prefix="/experiments/{experiment_id}", tags=["downloads"])
+# Downloads are the private adapters: always behind the token, even with open reads.
+router = APIRouter(prefix="/experiments/{experiment_id}", tags=["downloads"], dependencies=[Write])
 
 Format = Literal[tuple(EXPORTS)]  # type: ignore[valid-type]
 

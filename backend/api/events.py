@@ -21,12 +21,12 @@ from fastapi.responses import StreamingResponse
 from sqlalchemy.orm import Session
 
 from backend import crud, progress
-from backend.api.deps import SettingsDep
+from backend.api.deps import Read, SettingsDep
 from backend.db import get_engine
 from backend.models import ACTIVE
 from backend.settings import Settings
 
-router = APIRouter(prefix="/experiments/{experiment_id}", tags=["events"])
+router = APIRouter(prefix="/experiments/{experiment_id}", tags=["events"], dependencies=[Read])
 
 POLL_S = 0.25
 KEEPALIVE_S = 15.0

@@ -9,7 +9,15 @@ from fastapi import APIRouter, Body, HTTPException, Query, Request, Response, st
 from fastapi.exceptions import RequestValidationError
 
 from backend import crud
-from backend.api.deps import ExperimentDep, LimitDep, OffsetDep, SessionDep, SettingsDep
+from backend.api.deps import (
+    ExperimentDep,
+    LimitDep,
+    OffsetDep,
+    Read,
+    SessionDep,
+    SettingsDep,
+    Write,
+)
 from backend.checks import check_feasible
 from backend.models import Experiment, ExperimentStatus
 from backend.runs import remove_run_dir
@@ -20,7 +28,7 @@ from workers.dispatch import dispatch
 
 log = logging.getLogger(__name__)
 
-router = APIRouter(prefix="/experiments", tags=["experiments"])
+router = APIRouter(prefix="/experiments", tags=["experiments"], dependencies=[Read])
 
 Strategy = Literal[tuple(STRATEGIES)]  # type: ignore[valid-type]
 Sort = Literal[crud.SORTS]  # type: ignore[valid-type]
@@ -49,7 +57,9 @@ def _check(config: ExperimentCreate) -> None:
         )
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=ExperimentPublic)
+@router.post(
+    "", status_code=status.HTTP_201_CREATED, response_model=ExperimentPublic, dependencies=[Write]
+)
 def create_experiment(
     session: SessionDep,
     settings: SettingsDep,
@@ -89,7 +99,7 @@ def read_experiment(experiment: ExperimentDep) -> Experiment:
     return experiment
 
 
-@router.post("/{experiment_id}/cancel", response_model=ExperimentPublic)
+@router.post("/{experiment_id}/cancel", response_model=ExperimentPublic, dependencies=[Write])
 def cancel_experiment(session: SessionDep, experiment: ExperimentDep) -> Experiment:
     """Cancel a queued or running experiment (409 when it has already finished)."""
     try:
@@ -98,7 +108,7 @@ def cancel_experiment(session: SessionDep, experiment: ExperimentDep) -> Experim
         raise HTTPException(status.HTTP_409_CONFLICT, str(e)) from None
 
 
-@router.delete("/{experiment_id}", status_code=status.HTTP_204_NO_CONTENT)
+@router.delete("/{experiment_id}", status_code=status.HTTP_204_NO_CONTENT, dependencies=[Write])
 def delete_experiment(
     session: SessionDep, settings: SettingsDep, experiment: ExperimentDep
 ) -> None:
@@ -112,7 +122,10 @@ def delete_experiment(
 
 
 @router.post(
-    "/{experiment_id}/clone", status_code=status.HTTP_201_CREATED, response_model=ExperimentPublic
+    "/{experiment_id}/clone",
+    status_code=status.HTTP_201_CREATED,
+    response_model=ExperimentPublic,
+    dependencies=[Write],
 )
 def clone_experiment(
     session: SessionDep,

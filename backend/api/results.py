@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, HTTPException, Query
 
 from backend import crud
-from backend.api.deps import ExperimentDep, LimitDep, OffsetDep, SessionDep, SettingsDep
+from backend.api.deps import ExperimentDep, LimitDep, OffsetDep, Read, SessionDep, SettingsDep
 from backend.models import METRIC_KINDS
 from backend.runs import read_manifest
 from backend.schemas import (
@@ -21,7 +21,7 @@ from backend.schemas import (
     RoundsPublic,
 )
 
-router = APIRouter(prefix="/experiments/{experiment_id}", tags=["results"])
+router = APIRouter(prefix="/experiments/{experiment_id}", tags=["results"], dependencies=[Read])
 
 Kind = Literal[METRIC_KINDS]  # type: ignore[valid-type]
 RoundQuery = Annotated[int, Query(ge=-1, description="-1: the evaluation before training")]

@@ -1,4 +1,5 @@
 // The dashboard's router: #/ experiments, #/new, #/experiments/<id>, #/compare?ids=a,b.
+import { installDownloads } from "api";
 import { fill, h } from "dom";
 import * as compare from "./pages/compare.js";
 import * as detail from "./pages/detail.js";
@@ -32,4 +33,5 @@ function route() {
 }
 
 window.addEventListener("hashchange", route);
+installDownloads();
 route();

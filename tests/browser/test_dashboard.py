@@ -304,3 +304,41 @@ def test_a_failed_run_shows_its_reason_and_the_failed_attempts(page: Page, tmp_p
         expect(page.locator("#report")).to_have_attribute("aria-disabled", "false")
     finally:
         service.close()
+
+
+def test_with_a_token_the_dashboard_asks_once_and_everything_works(
+    page: Page, tmp_path: Path
+) -> None:
+    service = Service(tmp_path, _env(tmp_path, api_token="s3cret-token"))
+    service.http.headers["Authorization"] = "Bearer s3cret-token"
+    try:
+        service.api(worker=True)
+        page.goto(f"{service.url}/#/")
+        dialog = page.locator("#token-dialog")
+        expect(dialog).to_be_visible()
+        page.fill("#token-input", "wrong")
+        page.click("#token-submit")
+        expect(dialog).to_contain_text("refused")  # asked again
+        page.fill("#token-input", "s3cret-token")
+        page.click("#token-submit")
+        expect(page.locator(".empty-state")).to_contain_text("No experiments yet")
+        page.reload()  # kept for the session: not asked again
+        expect(page.locator(".empty-state")).to_contain_text("No experiments yet")
+        expect(dialog).to_have_count(0)
+
+        fill_tiny_form(page, service.url)  # a write, live events and a download, all with it
+        page.fill("#field-federation-rounds", "2")
+        page.click("#launch")
+        page.wait_for_url("**/#/experiments/*")
+        page.wait_for_selector("#app[data-stream=ended]", timeout=240_000)
+        expect(page.locator("#run-head .badge")).to_have_text("completed")
+        with page.expect_download() as info:
+            page.click("#download-adapter")
+        info.value.save_as(tmp_path / "adapter.zip")
+        assert (
+            "adapter/adapter_model.safetensors"
+            in zipfile.ZipFile(tmp_path / "adapter.zip").namelist()
+        )
+        expect(dialog).to_have_count(0)
+    finally:
+        service.close()

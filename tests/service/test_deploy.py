@@ -30,7 +30,11 @@ from tests.helpers import free_port, postgres_schema, require_redis, unique
 from tests.service.conftest import Proc, Service
 
 ROOT = Path(__file__).resolve().parents[2]
-SECRETS = {"POSTGRES_PASSWORD": "pg-secret", "REDIS_PASSWORD": "redis-secret"}
+SECRETS = {
+    "POSTGRES_PASSWORD": "pg-secret",
+    "REDIS_PASSWORD": "redis-secret",
+    "FEDMOMENTUM_API_TOKEN": "api-secret",
+}
 REMOTE = {
     "FEDMOMENTUM_BROKER_URL": "redis://:pw@main-host:6379/0",
     "FEDMOMENTUM_DATABASE_URL": "postgresql+psycopg://fedmomentum:pw@main-host:5432/fedmomentum",
@@ -225,10 +229,11 @@ def test_the_api_image_command_migrates_and_serves_without_torch(
             check = api["healthcheck"]["test"][1:]  # [CMD, python, -c, ...]
             probe = [sys.executable, *check[1:-1], check[-1].replace("8000", str(port))]
             assert subprocess.run(probe, env=env, timeout=30).returncode == 0
-            created = httpx.post(
-                f"http://127.0.0.1:{port}/api/v1/experiments",
-                json={"model": "tiny-llama", "dataset": "arith", "data": {"n_train": 20}},
-            )
+            url = f"http://127.0.0.1:{port}/api/v1/experiments"
+            config = {"model": "tiny-llama", "dataset": "arith", "data": {"n_train": 20}}
+            assert httpx.post(url, json=config).status_code == 401  # the compose token guards it
+            token = {"Authorization": f"Bearer {SECRETS['FEDMOMENTUM_API_TOKEN']}"}
+            created = httpx.post(url, json=config, headers=token)
             assert created.status_code == 201, created.text  # the migrated schema stores it
             probe_torch = subprocess.run(
                 [sys.executable, "-c", "import torch"], env=env, capture_output=True, text=True
