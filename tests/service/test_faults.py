@@ -7,14 +7,19 @@ are in test_service.py.)"""
 from __future__ import annotations
 
 import io
+import os
+import pickle
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load
 
+from backend.settings import Settings
 from tests.service.conftest import Service
 from tests.service.test_service import assert_complete_and_exactly_once
+from workers.celery_app import make_app
 
 
 def run_dir(service: Service, experiment_id: str) -> Path:
@@ -88,3 +93,48 @@ def test_a_round_whose_updates_are_all_excluded_is_retried_then_fails_with_the_r
     assert all(not a["ok"] and a["error"].startswith("excluded: ") for a in attempts)
     assert service.metrics(exp["id"], "round") == []
     assert not (run_dir(service, exp["id"]) / "state" / "round-0001").exists()
+
+
+# ---- untrusted messages -------------------------------------------------------------------------
+
+
+class Exploit:
+    """Unpickling this creates a folder: proof that a pickle was loaded."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        return (os.mkdir, (self.path,))
+
+
+def test_a_pickled_task_message_is_refused_and_json_still_runs(redis_service: Service) -> None:
+    service = redis_service
+    service.api()  # migrates the database the worker's task reads
+    worker = service.worker(queues="aggregate")
+    env = service.env
+    sender = make_app(
+        Settings(
+            broker_url=env["FEDMOMENTUM_BROKER_URL"],
+            broker_key_prefix=env["FEDMOMENTUM_BROKER_KEY_PREFIX"],
+        )
+    )
+    marker = service.tmp / "unpickled"
+    armed = service.tmp / "armed"
+    pickle.loads(pickle.dumps(Exploit(armed)))  # the payload works where pickles are loaded
+    assert armed.is_dir()
+
+    sender.send_task(
+        "fedmomentum.advance", args=(Exploit(marker), 0), queue="aggregate", serializer="pickle"
+    )
+    sender.send_task("fedmomentum.advance", args=("no-such-experiment", 0), queue="aggregate")
+    refused = "Refusing to deserialize untrusted content of type pickle"
+    service._wait(
+        lambda: refused in worker.output() and "succeeded in" in worker.output(),
+        worker,
+        "the worker to refuse the pickle and run the JSON task",
+    )
+
+    assert "'stale'" in worker.output()  # the JSON message ran: no such experiment, nothing to do
+    assert not marker.exists()
+    assert worker.alive()
