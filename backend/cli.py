@@ -95,15 +95,15 @@ def _report(args: argparse.Namespace) -> int:
 def _table(summaries: list[dict[str, object]]) -> str:
     """The final per-round table."""
     head = (
-        f"{'round':>5} {'clients':>7} {'failed':>6} {'eval_loss':>9} {'accuracy':>8} "
-        f"{'resid_E':>8} {'seconds':>8}"
+        f"{'round':>5} {'clients':>7} {'failed':>6} {'excluded':>8} {'eval_loss':>9} "
+        f"{'accuracy':>8} {'resid_E':>8} {'seconds':>8}"
     )
     rows = [head, "-" * len(head)]
     for s in summaries:
         energy = s.get("mean_residual_energy")
         rows.append(
             f"{s['round']:>5} {len(s['clients']):>7} {len(s['failed']):>6} "  # type: ignore[arg-type]
-            f"{s['eval_loss']:>9.4f} {s['accuracy']:>8.3f} "
+            f"{len(s['excluded']):>8} {s['eval_loss']:>9.4f} {s['accuracy']:>8.3f} "  # type: ignore[arg-type]
             f"{'-' if energy is None else f'{energy:.4f}':>8} {s['round_seconds']:>8.1f}"
         )
     return "\n".join(rows)

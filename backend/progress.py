@@ -217,6 +217,33 @@ def record_client(
     session.commit()
 
 
+def exclude_clients(
+    session: Session, experiment_id: str, round_num: int, excluded: dict[int, str]
+) -> None:
+    """Mark the successful attempts of clients whose upload was excluded from aggregation as
+    failed (``excluded: <reason>``), so a retry trains them again. Commits."""
+    for client, reason in excluded.items():
+        error = f"excluded: {reason}"
+        rows = session.scalars(
+            select(ClientUpdate).where(
+                ClientUpdate.experiment_id == experiment_id,
+                ClientUpdate.round == round_num,
+                ClientUpdate.client == client,
+                ClientUpdate.ok.is_(True),
+            )
+        )
+        for row in rows:
+            row.ok, row.error = False, error
+            add_event(
+                session,
+                experiment_id,
+                "client_finished",
+                {"round": round_num, "client": client, "attempt": row.attempt, "ok": False,
+                 "seconds": row.seconds, "error": error},
+            )  # fmt: skip
+    session.commit()
+
+
 def latest_client_updates(
     session: Session, experiment_id: str, round_num: int
 ) -> dict[int, ClientUpdate]:

@@ -189,11 +189,15 @@ class Store:
         """Yield a local scratch store; when the block ends it replaces folder ``key`` whole.
 
         A re-run of the same step replaces the earlier result. An exception leaves ``key``
-        as it was (local) or uncommitted (object stores).
+        as it was (local) or uncommitted (object stores). The scratch folder of a commit whose
+        process was killed (local: a hidden sibling; object stores: files without the marker)
+        is removed by the next commit of the same folder.
         """
         if self.local:
             target = self.local_path(key)
             target.parent.mkdir(parents=True, exist_ok=True)
+            for stale in target.parent.glob(f".{target.name}.*"):  # a commit killed midway
+                shutil.rmtree(stale, ignore_errors=True)
             scratch = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
             try:
                 yield Store(scratch)

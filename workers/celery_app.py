@@ -64,7 +64,9 @@ def make_app(settings: Settings) -> Celery:
         worker_timer_precision=0.02,
         task_serializer="json",
         result_serializer="json",
-        accept_content=["json"],  # never pickle
+        accept_content=["json"],  # never pickle: a pickled message could run code
+        result_accept_content=["json"],
+        event_serializer="json",
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,

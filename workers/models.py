@@ -171,10 +171,13 @@ def _finish(
 
 def _smollm2_from_gguf() -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     gguf = _dist_file(_SMOLLM2_DIST, _SMOLLM2_GGUF)
-    kwargs = {"gguf_file": gguf.name, "local_files_only": True}
     with _quiet_transformers():
-        model = AutoModelForCausalLM.from_pretrained(gguf.parent, dtype=torch.float32, **kwargs)
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(
+            gguf.parent, dtype=torch.float32, gguf_file=gguf.name, local_files_only=True
+        )
+        tokenizer = AutoTokenizer.from_pretrained(
+            gguf.parent, gguf_file=gguf.name, local_files_only=True
+        )
     return model.eval(), tokenizer
 
 
@@ -183,8 +186,10 @@ def _load_dir(
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     auto = AutoModelForSequenceClassification if task == SEQ_CLS else AutoModelForCausalLM
     extra = {"num_labels": num_labels} if num_labels is not None else {}
-    with _quiet_transformers():
-        model = auto.from_pretrained(path, dtype=torch.float32, local_files_only=True, **extra)
+    with _quiet_transformers():  # safetensors only: a .bin checkpoint is a pickle
+        model = auto.from_pretrained(
+            path, dtype=torch.float32, local_files_only=True, use_safetensors=True, **extra
+        )
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     return model, tokenizer
 
@@ -339,7 +344,7 @@ def _load_hub(name: str, num_labels: int | None) -> tuple[PreTrainedModel, PreTr
     auto = AutoModelForSequenceClassification if num_labels is not None else AutoModelForCausalLM
     extra = {"num_labels": num_labels} if num_labels is not None else {}
     try:
-        model = auto.from_pretrained(name, dtype=torch.float32, **extra)
+        model = auto.from_pretrained(name, dtype=torch.float32, use_safetensors=True, **extra)
         tokenizer = AutoTokenizer.from_pretrained(name)
     except (OSError, ValueError) as err:  # not on the hub, a bad id, or no network
         raise ValueError(f"{_unknown(name)} (hub lookup failed: {err})") from err

@@ -11,13 +11,15 @@ import json
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import torch
 import yaml
+from safetensors import SafetensorError
 
 from backend.config import ExperimentConfig
 from backend.settings import get_settings
@@ -36,6 +38,7 @@ from workers.federated import (
     aggregate_round,
     from_peft_state_dict,
     get_strategy,
+    screen_updates,
     to_dense,
     to_peft_state_dict,
 )
@@ -393,24 +396,46 @@ def _factors(
     return from_peft_state_dict(lora, alpha=cfg.lora.alpha, rslora=cfg.lora.rslora)
 
 
+class TooFewUpdates(RuntimeError):
+    """A round with fewer usable updates than ``min_clients_per_round``; ``excluded``: the
+    clients whose upload screening rejected, with the reasons (the service retries them)."""
+
+    def __init__(self, message: str, excluded: dict[int, str]) -> None:
+        super().__init__(message)
+        self.excluded = excluded
+
+
 def aggregate(paths: RunPaths, round_num: int, records: list[ClientRecord]) -> dict[str, object]:
-    """Aggregate the round's successful uploads into the next state; returns the round summary."""
+    """Screen the round's successful uploads, aggregate those kept into the next state;
+    returns the round summary. TooFewUpdates when fewer than min_clients_per_round remain."""
     cfg = load_run_config(paths)
     ok = [r for r in records if r.ok]
-    if len(ok) < cfg.federation.min_clients_per_round:
-        raise RuntimeError(
-            f"round {round_num}: {len(ok)} of {len(records)} clients succeeded, "
-            f"min_clients_per_round is {cfg.federation.min_clients_per_round}"
-        )
-    strategy = get_strategy(cfg.strategy, AggregationOptions(**cfg.aggregation.model_dump()))
-    updates, heads = [], []
+    strategy = get_strategy(cfg.strategy, AggregationOptions(**_options(cfg)))
     state = paths.store.sub(paths.state(round_num))
-    for r in ok:
-        rank = cfg.client_rank(r.client)
+    ranks = {cfg.client_rank(r.client) for r in ok}
+    sent = {rank: load_tensors(state, _adapter_file(rank)) for rank in ranks}
+    uploads, excluded = _read_uploads(paths, round_num, ok)
+    screening = screen_updates(
+        uploads,
+        {c: _uploaded(strategy, sent[cfg.client_rank(int(c))]) for c in uploads},
+        cfg.aggregation.max_norm_ratio,
+    )
+    excluded |= {int(c): reason for c, reason in screening.excluded.items()}
+    kept = [r for r in ok if r.client not in excluded]
+    need = cfg.federation.min_clients_per_round
+    if len(kept) < need:
+        why = "".join(f"; client {c}: excluded: {reason}" for c, reason in excluded.items())
+        raise TooFewUpdates(
+            f"round {round_num}: {len(kept)} of {len(records)} clients succeeded, "
+            f"min_clients_per_round is {need}{why}",
+            excluded,
+        )
+    updates, heads = [], []
+    for r in kept:
         # A factor a client does not upload (ffa's frozen A, fedsa's private B) is, for the
         # server, the one it broadcast.
-        sent = load_tensors(state, _adapter_file(rank))
-        tensors = {**sent, **load_tensors(paths.store, paths.upload(round_num, r.client))}
+        rank = cfg.client_rank(r.client)
+        tensors = {**sent[rank], **uploads[str(r.client)]}
         updates.append(ClientUpdate(str(r.client), r.n_examples, _factors(cfg, tensors, rank)))
         heads.append(
             {k.removeprefix("head."): v for k, v in tensors.items() if k.startswith("head.")}
@@ -425,6 +450,8 @@ def aggregate(paths: RunPaths, round_num: int, records: list[ClientRecord]) -> d
         "mean_residual_energy": sum(known) / len(known) if known else None,
         "clients": [r.client for r in records],
         "failed": {r.client: r.error for r in records if not r.ok},
+        "excluded": excluded,  # trained, but its upload was not aggregated: why
+        "update_norms": {int(c): n for c, n in screening.norms.items()},
         "aggregate_seconds": seconds,
         "bytes_up": result.bytes_up,
         "bytes_down": result.bytes_down,
@@ -432,6 +459,42 @@ def aggregate(paths: RunPaths, round_num: int, records: list[ClientRecord]) -> d
     }
     _commit_state(cfg, paths, round_num, strategy, result, _average_heads(heads, updates), summary)
     return summary
+
+
+def _options(cfg: ExperimentConfig) -> dict[str, object]:
+    """The strategy's options: the aggregation config less the screening's."""
+    return cfg.aggregation.model_dump(exclude={"max_norm_ratio"})
+
+
+def _read_uploads(
+    paths: RunPaths, round_num: int, ok: list[ClientRecord]
+) -> tuple[dict[str, dict[str, torch.Tensor]], dict[int, str]]:
+    """Each client's upload (client id -> tensors); a missing or undecodable file is a reason
+    to exclude that client, not to fail the round."""
+    uploads: dict[str, dict[str, torch.Tensor]] = {}
+    unreadable: dict[int, str] = {}
+    for r in ok:
+        try:
+            uploads[str(r.client)] = load_tensors(paths.store, paths.upload(round_num, r.client))
+        except (FileNotFoundError, SafetensorError) as e:
+            unreadable[r.client] = f"unreadable upload: {type(e).__name__}: {e}"
+    return uploads, unreadable
+
+
+def _uploaded(strategy: Strategy, sent: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The broadcast tensors a client of this strategy sends back changed (what _train saves)."""
+    return {
+        k: v
+        for k, v in sent.items()
+        if k.startswith("head.") or (".lora_" in k and _factor_name(k) in strategy.uploads)
+    }
+
+
+def aggregated_clients(summary: Mapping[str, Any]) -> list[int]:
+    """The clients whose updates a round aggregated (its summary, fresh or read back as JSON,
+    whose keys are then strings)."""
+    left_out = {str(c) for key in ("failed", "excluded") for c in summary.get(key) or {}}
+    return [int(c) for c in summary["clients"] if str(c) not in left_out]
 
 
 def aggregated_summary(paths: RunPaths, round_num: int) -> dict[str, object]:
@@ -488,7 +551,7 @@ def _commit_state(
         server: dict[str, torch.Tensor] = {}
         for rank in cfg.rank_groups():
             adapter = _next_adapter(cfg, strategy, result, rank, round_num)
-            save_tensors(
+            _save_finite(
                 scratch,
                 _adapter_file(rank),
                 {**adapter, **{f"head.{k}": v for k, v in head.items()}},
@@ -501,14 +564,22 @@ def _commit_state(
                         backbone[layer] = (
                             backbone.get(layer, 0) + to_dense(lr.residuals[rank]).float()
                         )
-                save_tensors(scratch, _backbone_file(rank), backbone)
+                _save_finite(scratch, _backbone_file(rank), backbone)
         for layer, lr in result.layers.items():
             if lr.state.basis is not None:
                 server[f"basis.{layer}"] = lr.state.basis
             for rank, pending in lr.state.pending.items():
                 server[f"pending.r{rank}.{layer}"] = to_dense(pending).float()
-        save_tensors(scratch, "server.safetensors", server)
+        _save_finite(scratch, "server.safetensors", server)
     _prune_backbones(paths, round_num - 1)
+
+
+def _save_finite(store: Store, key: str, tensors: dict[str, torch.Tensor]) -> None:
+    """save_tensors, refusing NaN or inf: a non-finite global model is never committed."""
+    for name, tensor in tensors.items():
+        if not bool(torch.isfinite(tensor).all()):
+            raise ValueError(f"{key}: {name} has NaN or inf values; the round is not committed")
+    save_tensors(store, key, tensors)
 
 
 def _next_adapter(
@@ -696,7 +767,7 @@ def run(
                 log.write(record)
         summary = aggregate(paths, t, records)
         t_eval = time.perf_counter()
-        scores = evaluate(paths, t + 1, [r.client for r in records if r.ok])
+        scores = evaluate(paths, t + 1, aggregated_clients(summary))
         summary.update(
             scores,
             eval_seconds=time.perf_counter() - t_eval,

@@ -285,45 +285,56 @@ def _aggregate(
     attempt: int,
     generation: int,
 ) -> str | None:
-    """Aggregate round t; or a string saying why not (retried, failed)."""
+    """Aggregate round t; or a string saying why not (retried, failed).
+
+    A client whose upload screening excludes counts as failed: with too few usable updates
+    the round is retried for the failed and excluded clients, then fails with every reason.
+    """
     sampled = runner.sample_clients(cfg, t)
     with _db(settings) as db:
         latest = progress.latest_client_updates(db, experiment_id, t)
     ok = [c for c in sampled if c in latest and latest[c].ok]
     need = cfg.federation.min_clients_per_round
-    if len(ok) < need:
-        failed = [c for c in sampled if c not in ok]
-        if attempt + 1 < settings.max_round_attempts:
+    if len(ok) >= need:
+        records = [
+            runner.ClientRecord(
+                t,
+                c,
+                latest[c].ok,
+                n_examples=latest[c].n_examples,
+                seconds=latest[c].seconds,
+                path=latest[c].path,
+                error=latest[c].error,
+            )
+            for c in sampled
+            if c in latest
+        ]
+        try:
+            runner.aggregate(paths, t, records)
+        except runner.TooFewUpdates as e:
             with _db(settings) as db:
-                progress.start_round(db, experiment_id, t, attempt + 1, failed)
-            _send_round(settings, experiment_id, cfg, t, generation, attempt + 1, failed)
-            return f"round {t} retried"
-        reasons = "; ".join(
-            f"client {c}: {latest[c].error if c in latest else 'no result'}" for c in failed
-        )
-        return _fail(
-            settings,
-            experiment_id,
-            generation,
-            f"round {t}: {len(ok)} of {len(sampled)} clients succeeded after {attempt + 1} "
-            f"attempts (min_clients_per_round is {need}); {reasons}",
-        )
-    records = [
-        runner.ClientRecord(
-            t,
-            c,
-            latest[c].ok,
-            n_examples=latest[c].n_examples,
-            seconds=latest[c].seconds,
-            path=latest[c].path,
-            error=latest[c].error,
-        )
-        for c in sampled
-        if c in latest
-    ]
-    runner.aggregate(paths, t, records)
-    _register(settings, experiment_id, paths, paths.state(t + 1), "round_state", t)
-    return None
+                progress.exclude_clients(db, experiment_id, t, e.excluded)
+                latest = progress.latest_client_updates(db, experiment_id, t)
+            ok = [c for c in sampled if c in latest and latest[c].ok]
+        else:
+            _register(settings, experiment_id, paths, paths.state(t + 1), "round_state", t)
+            return None
+    failed = [c for c in sampled if c not in ok]
+    if attempt + 1 < settings.max_round_attempts:
+        with _db(settings) as db:
+            progress.start_round(db, experiment_id, t, attempt + 1, failed)
+        _send_round(settings, experiment_id, cfg, t, generation, attempt + 1, failed)
+        return f"round {t} retried"
+    reasons = "; ".join(
+        f"client {c}: {latest[c].error if c in latest else 'no result'}" for c in failed
+    )
+    return _fail(
+        settings,
+        experiment_id,
+        generation,
+        f"round {t}: {len(ok)} of {len(sampled)} clients succeeded after {attempt + 1} "
+        f"attempts (min_clients_per_round is {need}); {reasons}",
+    )
 
 
 def _register(
@@ -356,9 +367,8 @@ def _finish_round(
             latest = progress.latest_client_updates(db, experiment_id, t)
         if not finished:
             summary = runner.aggregated_summary(paths, t)
-            ok = sorted(c for c, r in latest.items() if r.ok)
             start = time.perf_counter()
-            scores = runner.evaluate(paths, t + 1, ok)
+            scores = runner.evaluate(paths, t + 1, runner.aggregated_clients(summary))
             started = row.started_at if row is not None and row.started_at else None
             summary.update(
                 scores,

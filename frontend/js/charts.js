@@ -204,14 +204,18 @@ function timelineFigure(run, opts) {
   const starts = [...run.roundStart.values()].map((t) => Date.parse(t)).filter((t) => !Number.isNaN(t));
   const t0 = timed ? Math.min(...starts, ...attempts.map((a) => Date.parse(a.created_at) - 1000 * a.seconds)) : 0;
   let clock = 0; // without timestamps (a run of `fedmomentum run`): tasks end to end
-  const groups = { ok: [], retry: [], failed: [] };
+  // Trained, but the round's screening left the update out (the round record says why).
+  const excluded = new Map(records(run, "round").map((m) => [m.round, m.values.excluded ?? {}]));
+  const groups = { ok: [], retry: [], failed: [], excluded: [] };
   for (const a of attempts) {
     const start = timed ? (Date.parse(a.created_at) - t0) / 1000 - a.seconds : clock;
     clock = start + (a.seconds ?? 0);
-    const group = !a.ok ? "failed" : a.attempt > 0 ? "retry" : "ok";
-    groups[group].push({ ...a, start });
+    const why = a.ok ? excluded.get(a.round)?.[a.client] : undefined;
+    const group = !a.ok ? "failed" : why !== undefined ? "excluded" : a.attempt > 0 ? "retry" : "ok";
+    groups[group].push({ ...a, start, error: why !== undefined ? `excluded: ${why}` : a.error });
   }
-  const style = { ok: ["trained", PALETTE[0]], retry: ["trained on a retry", "#ea580c"], failed: ["failed", "#dc2626"] };
+  const style = { ok: ["trained", PALETTE[0]], retry: ["trained on a retry", "#ea580c"], failed: ["failed", "#dc2626"],
+    excluded: ["update excluded", PALETTE[4]] };
   const data = Object.entries(groups).filter(([, rows]) => rows.length).map(([g, rows]) => ({
     uid: g, name: style[g][0], type: "bar", orientation: "h",
     y: rows.map((a) => `client ${a.client}`), x: rows.map((a) => a.seconds), base: rows.map((a) => a.start),
@@ -270,7 +274,7 @@ export const RUN_CHARTS = [
     help: "Adapter bytes the round's clients uploaded and downloaded." },
   { id: "timeline", title: "Client timeline", build: timelineFigure,
     empty: "No client task has finished yet.",
-    help: "Every client training task: its duration, failures in red, retries in orange; rounds shaded." },
+    help: "Every client training task: its duration, failures in red, retries in orange, updates left out of aggregation in purple (hover for why); rounds shaded." },
 ];
 
 // ---- several runs --------------------------------------------------------------------------

@@ -78,12 +78,15 @@ export function roundsTable(run, roundLink = null) {
     const v = m.values;
     const e = evals.get(m.round) ?? v;
     const failed = Object.keys(v.failed ?? {}).length;
+    const excluded = Object.entries(v.excluded ?? {}); // trained, but left out: [client, why]
     return h("tr", {},
       h("td", {}, m.round + 1),
       h("td", {}, pct(e.accuracy)),
       h("td", {}, num(e.eval_loss)),
       h("td", {}, v.mean_residual_energy === null || v.mean_residual_energy === undefined ? "–" : num(v.mean_residual_energy)),
-      h("td", {}, `${(v.clients ?? []).length - failed}${failed ? ` (${failed} failed)` : ""}`),
+      h("td", {}, `${(v.clients ?? []).length - failed - excluded.length}${failed ? ` (${failed} failed)` : ""}`,
+        excluded.length ? h("span.excluded", { title: excluded.map(([c, why]) => `client ${c}: ${why}`).join("\n") },
+          ` (${excluded.length} excluded: ${excluded.map(([c]) => c).join(", ")})`) : null),
       h("td", {}, duration(v.round_seconds)),
       roundLink ? h("td", {}, roundLink(m.round)) : null);
   });

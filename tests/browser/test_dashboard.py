@@ -340,5 +340,35 @@ def test_with_a_token_the_dashboard_asks_once_and_everything_works(
             in zipfile.ZipFile(tmp_path / "adapter.zip").namelist()
         )
         expect(dialog).to_have_count(0)
+
+
+def test_excluded_updates_are_marked_in_the_rounds_table_and_the_timeline(
+    page: Page, tmp_path: Path
+) -> None:
+    service = Service(tmp_path, _env(tmp_path))
+    try:
+        service.api()
+        service.worker(faults={"poison": "1:nan"})  # client 1 uploads a NaN every round
+        exp = service.create(federation={"num_clients": 3, "clients_per_round": 3, "rounds": 2})
+        page.goto(f"{service.url}/#/experiments/{exp['id']}")
+        assert service.wait_finished(exp["id"])["status"] == "completed"
+        page.wait_for_selector("#app[data-stream=ended]", timeout=30_000)
+
+        rows = page.locator("table.rounds tbody tr")
+        expect(rows).to_have_count(2)
+        for i in range(2):
+            marked = rows.nth(i).locator(".excluded")
+            expect(marked).to_have_text(" (1 excluded: 1)")
+            assert "client 1: " in marked.get_attribute("title")
+            assert "NaN or inf values" in marked.get_attribute("title")
+        page.wait_for_function(  # drawn within REDRAW_MS of the last event
+            "document.getElementById('chart-timeline')?.data?.some((t) => t.uid === 'excluded'"
+            " && t.x.length === 2)"
+        )
+        assert len(trace(page, "chart-timeline", "ok")["x"]) == 4  # clients 0 and 2, 2 rounds
+        texts = page.evaluate(
+            "document.getElementById('chart-timeline').data.find((t) => t.uid === 'excluded').text"
+        )
+        assert len(texts) == 2 and all("excluded: " in t and "NaN or inf" in t for t in texts)
     finally:
         service.close()

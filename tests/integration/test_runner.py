@@ -18,7 +18,18 @@ from workers.artifacts import RunPaths
 from workers.catalog import STRATEGIES
 from workers.evaluation import eval_loss
 from workers.models import load_model
-from workers.runner import bench_for, encoded, load_state_into, read_group, run
+from workers.runner import (
+    TooFewUpdates,
+    aggregate,
+    aggregated_clients,
+    bench_for,
+    encoded,
+    load_state_into,
+    prepare,
+    read_group,
+    run,
+    train_client,
+)
 
 TINY = {
     "model": "tiny-llama",
@@ -190,3 +201,28 @@ def test_a_local_model_directory_runs(tmp_path):
 
     assert len(summaries) == 1 and math.isfinite(summaries[0]["eval_loss"])
     assert (tmp_path / "run" / "export" / "merged" / "config.json").exists()
+
+
+def test_unreadable_uploads_are_excluded_and_too_few_usable_ones_commit_nothing(tmp_path):
+    fed = {"num_clients": 3, "clients_per_round": 3, "rounds": 1, "min_clients_per_round": 2}
+    paths = prepare(parse_config(tiny(name="screen", federation=fed)), RunPaths.at(tmp_path))
+    records = [train_client(paths, 0, c) for c in range(3)]
+    paths.store.write_bytes(paths.upload(0, 1), b"not safetensors")  # a truncated or foreign file
+    paths.store.remove(paths.upload(0, 2))  # an upload that never arrived
+
+    with pytest.raises(TooFewUpdates, match="1 of 3 clients succeeded") as too_few:
+        aggregate(paths, 0, records)
+    committed_then = paths.store.committed(paths.state(1))
+    train_client(paths, 0, 2)  # client 2 uploads again: two usable updates are enough
+    summary = aggregate(paths, 0, records)
+
+    excluded = too_few.value.excluded
+    assert sorted(excluded) == [1, 2] and not committed_then
+    assert excluded[1].startswith("unreadable upload: SafetensorError: Error while deserializing")
+    assert excluded[2].startswith("unreadable upload: FileNotFoundError")
+    assert summary["excluded"] == {1: excluded[1]}
+    assert aggregated_clients(summary) == [0, 2]
+    state = tmp_path / "state" / "round-0001"
+    assert all(
+        torch.isfinite(t).all() for f in state.glob("*.safetensors") for t in load_file(f).values()
+    )

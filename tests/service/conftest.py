@@ -85,9 +85,15 @@ class Service:
         self.procs: list[Proc] = []
         self.api_proc: Proc | None = None
 
-    def _spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> Proc:
+    def _spawn(
+        self,
+        name: str,
+        args: list[str],
+        env: dict[str, str] | None = None,
+        module: str = "backend.cli",
+    ) -> Proc:
         log = self.tmp / f"{name}-{len(self.procs)}.log"
-        proc = Proc([sys.executable, "-m", "backend.cli", *args], env or self.env, log)
+        proc = Proc([sys.executable, "-m", module, *args], env or self.env, log)
         self.procs.append(proc)
         return proc
 
@@ -101,13 +107,20 @@ class Service:
         return proc
 
     def worker(
-        self, queues: str = "train,aggregate", name: str | None = None, **settings: str
+        self,
+        queues: str = "train,aggregate",
+        name: str | None = None,
+        faults: dict[str, str] | None = None,
+        **settings: str,
     ) -> Proc:
         """A worker process (``name``: its Celery node name; ``settings``: FEDMOMENTUM_*
-        variables of this worker only, e.g. silo_data)."""
+        variables of this worker only, e.g. silo_data; ``faults``: FAULT_* variables of
+        tests/service/faulty_worker.py, which then runs it with that fault injected)."""
         args = ["worker", "--queues", queues] + (["--name", name] if name else [])
         env = self.env | {f"FEDMOMENTUM_{k.upper()}": v for k, v in settings.items()}
-        proc = self._spawn("worker", args, env)
+        env |= {f"FAULT_{k.upper()}": v for k, v in (faults or {}).items()}
+        module = "tests.service.faulty_worker" if faults else "backend.cli"
+        proc = self._spawn("faulty-worker" if faults else "worker", args, env, module)
         self._wait(lambda: " ready." in proc.output(), proc, "the worker to be ready")
         return proc
 

@@ -58,6 +58,10 @@ def test_every_example_config_is_valid(path):
             {"aggregation": {"svd": "qr"}},
             r"aggregation.svd: Input should be 'factored', 'randomized' or 'dense'",
         ),
+        (
+            {"aggregation": {"max_norm_ratio": 1}},
+            r"aggregation.max_norm_ratio: Input should be greater than 1",
+        ),
     ],
 )
 def test_bad_config_names_the_field(data, message):

@@ -97,6 +97,23 @@ def test_commit_dir_appears_whole_or_not_at_all(store: Store) -> None:
     assert leftovers(store) == []
 
 
+def test_a_commit_killed_midway_is_swept_by_the_next_commit(tmp_path: Path) -> None:
+    store = Store(tmp_path / "store")
+    with store.commit_dir("state/round-0001") as scratch:
+        scratch.write_text("a.bin", "v1")
+    killed = store.local_path("state") / ".round-0002.k1ll3d"  # what a SIGKILL leaves behind
+    (killed / "sub").mkdir(parents=True)
+    (killed / "sub" / "half.bin").write_text("half")
+    other = store.local_path("state") / ".round-00021.abc"  # another folder's: not swept
+    other.mkdir()
+
+    with store.commit_dir("state/round-0002") as scratch:
+        scratch.write_text("a.bin", "v2")
+
+    assert not killed.exists() and other.exists()
+    assert store.files("state") == ["state/round-0001/a.bin", "state/round-0002/a.bin"]
+
+
 def test_remove_deletes_a_folder_and_its_commit(store: Store) -> None:
     with store.commit_dir("exp1/export") as scratch:
         scratch.write_text("a.txt", "a")

@@ -1,4 +1,5 @@
-"""Pure federated-LoRA math: factors, exact SVD, the seven strategies, diagnostics.
+"""Pure federated-LoRA math: factors, exact SVD, the seven strategies, diagnostics, and the
+screening of client uploads.
 
 No I/O, no Celery, no database: everything here is a function of tensors.
 """
@@ -15,6 +16,7 @@ from .lora import (
     to_dense,
     to_peft_state_dict,
 )
+from .screening import Screening, screen_updates
 from .strategies import (
     STRATEGIES,
     AggregationOptions,
@@ -39,6 +41,7 @@ __all__ = [
     "LoraFactors",
     "LowRank",
     "RoundAggregate",
+    "Screening",
     "Strategy",
     "aggregate_round",
     "client_weights",
@@ -49,6 +52,7 @@ __all__ = [
     "initial_states",
     "lora_scaling",
     "merge_delta",
+    "screen_updates",
     "to_dense",
     "to_peft_state_dict",
 ]

@@ -1,0 +1,85 @@
+"""A real worker process with a fault injected, for the service tests only:
+``python -m tests.service.faulty_worker worker --queues ...`` (the arguments of
+``fedmomentum worker``). The faults are read from the environment:
+
+- ``FAULT_POISON="<client>:<how>,..."``: after that client trains (its real training), its
+  upload in the artifact store is overwritten, as a broken or malicious client would send it:
+  ``nan`` (a NaN in every tensor), ``scale`` (every tensor x 1e6) or ``shape`` (an extra row
+  in every lora_A).
+- ``FAULT_HANG_ROUND=<round>`` and ``FAULT_MARKER=<file>``: while committing that round's
+  aggregated state, after some of its files are written and before the last, touch the marker
+  and hang, so the test can SIGKILL the worker in the middle of aggregation.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from backend.cli import main
+from workers import runner
+from workers.artifacts import RunPaths, load_tensors, save_tensors
+
+
+def poisoned(tensors: dict[str, torch.Tensor], how: str) -> dict[str, torch.Tensor]:
+    """A client's upload as a broken or malicious client would send it."""
+    out = {}
+    for name, t in tensors.items():
+        if how == "nan":
+            t = t.clone()
+            t.view(-1)[0] = float("nan")
+        elif how == "scale":
+            t = t * 1e6
+        elif how == "shape" and ".lora_A." in name:
+            t = torch.cat([t, t[:1]])  # (r + 1, d_in)
+        out[name] = t
+    return out
+
+
+POISON = dict(
+    (int(c), how)
+    for c, how in (p.split(":") for p in os.environ.get("FAULT_POISON", "").split(",") if p)
+)
+_train_client = runner.train_client
+
+
+def train_client(paths: RunPaths, round_num: int, client: int, on_step: Any = None) -> Any:
+    rec = _train_client(paths, round_num, client, on_step)
+    if rec.ok and client in POISON:
+        key = paths.upload(round_num, client)
+        save_tensors(paths.store, key, poisoned(load_tensors(paths.store, key), POISON[client]))
+    return rec
+
+
+def _hang_at(last: str) -> Any:
+    save = runner.save_tensors
+
+    def save_or_hang(store: Any, key: str, tensors: Any, meta: Any = None) -> None:
+        if key == last:
+            Path(os.environ["FAULT_MARKER"]).touch()
+            while True:  # until the test SIGKILLs this process
+                time.sleep(60)
+        save(store, key, tensors, meta)
+
+    return save_or_hang
+
+
+_commit_state = runner._commit_state
+
+
+def commit_state(cfg: Any, paths: RunPaths, round_num: int, *rest: Any) -> None:
+    if str(round_num) == os.environ.get("FAULT_HANG_ROUND"):
+        runner.save_tensors = _hang_at("server.safetensors")  # the state folder's last file
+    _commit_state(cfg, paths, round_num, *rest)
+
+
+runner.train_client = train_client
+runner._commit_state = commit_state
+
+if __name__ == "__main__":
+    sys.exit(main())
