@@ -340,6 +340,8 @@ def test_with_a_token_the_dashboard_asks_once_and_everything_works(
             in zipfile.ZipFile(tmp_path / "adapter.zip").namelist()
         )
         expect(dialog).to_have_count(0)
+    finally:
+        service.close()
 
 
 def test_excluded_updates_are_marked_in_the_rounds_table_and_the_timeline(
