@@ -4,7 +4,8 @@ The stream replays the stored events after the given id, then follows new ones (
 events table: works the same with any number of API processes, and a reconnecting browser
 misses nothing). It ends with an ``end`` event once the experiment has finished and
 everything was sent. Each poll uses its own short session: an open stream holds no
-database connection.
+database connection. A client address holds at most ``max_event_streams_per_client``
+streams at once in one API process (429 beyond; backend.limits).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from sqlalchemy.orm import Session
 from backend import crud, progress
 from backend.api.deps import SettingsDep
 from backend.db import get_engine
+from backend.limits import SlotStreamingResponse
 from backend.models import ACTIVE
 from backend.settings import Settings
 
@@ -70,7 +72,10 @@ async def _stream(
 @router.get(
     "/events",
     response_class=StreamingResponse,
-    responses={200: {"content": {"text/event-stream": {}}, "description": "an SSE stream"}},
+    responses={
+        200: {"content": {"text/event-stream": {}}, "description": "an SSE stream"},
+        429: {"description": "this client already holds its limit of open event streams"},
+    },
 )
 async def events(
     experiment_id: str,
@@ -85,8 +90,9 @@ async def events(
     if status is None:
         raise HTTPException(404, f"experiment {experiment_id!r} not found")
     start = last_event_id if last_event_id is not None else (after or 0)
-    return StreamingResponse(
+    return SlotStreamingResponse(
         _stream(request, settings, experiment_id, start),
+        slots=request.app.state.event_slots,
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
