@@ -26,6 +26,7 @@ from backend.api.deps import SettingsDep
 from backend.db import get_engine
 from backend.limits import SlotStreamingResponse
 from backend.models import ACTIVE
+from backend.schemas import MAX_EVENT_ID
 from backend.settings import Settings
 
 router = APIRouter(prefix="/experiments/{experiment_id}", tags=["events"])
@@ -38,7 +39,9 @@ def _poll(settings: Settings, experiment_id: str, after: int) -> tuple[list[str]
     """(formatted new events, last id, experiment status or None if it is gone)."""
     with Session(get_engine(settings.database_url)) as session:
         exp = crud.get_experiment(session, experiment_id=experiment_id)
-        status = None if exp is None else exp.status
+        if exp is None:
+            return [], after, None
+        status = exp.status
         rows = progress.events_after(session, experiment_id=experiment_id, after=after)
     out = []
     for e in rows:
@@ -81,8 +84,10 @@ async def events(
     experiment_id: str,
     request: Request,
     settings: SettingsDep,
-    last_event_id: Annotated[int | None, Header(ge=0)] = None,
-    after: Annotated[int | None, Query(ge=0, description="resume after this event id")] = None,
+    last_event_id: Annotated[int | None, Header(ge=0, le=MAX_EVENT_ID)] = None,
+    after: Annotated[
+        int | None, Query(ge=0, le=MAX_EVENT_ID, description="resume after this event id")
+    ] = None,
 ) -> StreamingResponse:
     """Server-sent events: status, round_started, round_finished, client_progress,
     client_finished, metrics (the new metric records), and a final ``end``."""
