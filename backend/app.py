@@ -17,6 +17,8 @@ from fastapi import FastAPI
 
 from backend.api import api_router
 from backend.dashboard import mount_dashboard
+from backend.errors import install_error_handlers
+from backend.limits import BodySizeLimit, StreamSlots
 from backend.settings import Settings, get_settings
 
 API_PREFIX = "/api/v1"
@@ -61,7 +63,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         docs_url="/docs",
         lifespan=_lifespan,
     )
-    app.state.settings = settings or get_settings()
+    app.state.settings = settings = settings or get_settings()
+    app.state.event_slots = StreamSlots(settings.max_event_streams_per_client)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    install_error_handlers(app)
     app.include_router(api_router, prefix=API_PREFIX)
     mount_dashboard(app)
     return app

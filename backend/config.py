@@ -22,10 +22,34 @@ TRAIN_QUEUE = "train"
 AGGREGATE_QUEUE = "aggregate"
 RESERVED_QUEUES = (TRAIN_QUEUE, AGGREGATE_QUEUE, "celery")
 SILO_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+MAX_EXAMPLES = 100_000  # data.n_train and data.n_eval (unset: the dataset's default or all)
+
+
+def storable_text(value: Any) -> Any:
+    """``value`` unchanged if no string in it (in lists and mappings too) holds a NUL
+    character, which PostgreSQL text and JSONB refuse. (Lone surrogates, not UTF-8, are
+    refused by pydantic's own str validation.)"""
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise ValueError("contains a NUL character (\\x00); allowed: text without it")
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            storable_text(k)
+            storable_text(v)
+    elif isinstance(value, list | tuple):
+        for v in value:
+            storable_text(v)
+    return value
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Non-finite floats are refused: JSON (the API's and the database's) has no NaN/Infinity.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    @field_validator("*")
+    @classmethod
+    def _storable(cls, v: Any) -> Any:
+        return storable_text(v)
 
 
 def _one_of(value: str, allowed: dict[str, str] | tuple[str, ...], what: str) -> str:
@@ -35,8 +59,13 @@ def _one_of(value: str, allowed: dict[str, str] | tuple[str, ...], what: str) ->
 
 
 class DataConfig(_Strict):
-    n_train: int | None = Field(None, gt=0, description="training examples (default per dataset)")
-    n_eval: int | None = Field(None, gt=0, description="held-out examples shared by all clients")
+    # Bounded: the API builds a generated dataset of this size to check the config.
+    n_train: int | None = Field(
+        None, gt=0, le=MAX_EXAMPLES, description="training examples (default per dataset)"
+    )
+    n_eval: int | None = Field(
+        None, gt=0, le=MAX_EXAMPLES, description="held-out examples shared by all clients"
+    )
     partition: str = Field("dirichlet", description="iid, dirichlet (over labels) or shards")
     alpha: float = Field(0.5, gt=0, description="Dirichlet concentration: smaller = more non-IID")
     shards_per_client: int = Field(2, gt=0, description="shards partition: label shards per client")
@@ -154,7 +183,9 @@ class ExperimentConfig(_Strict):
     """A whole federated fine-tuning experiment."""
 
     name: str = Field("demo", min_length=1, max_length=200, description="shown in lists and files")
-    seed: int = Field(0, ge=0, description="data split, sampling and initialisation")
+    seed: int = Field(
+        0, ge=0, lt=2**32, description="data split, sampling and initialisation"
+    )  # torch seeds must fit 64 bits, also after the runner's per-round arithmetic
     model: str = Field("smollm2-135m", description="built-in name or a local HF model directory")
     dataset: str = Field("wordnet-topics", description="built-in name or a .jsonl/.csv path")
     strategy: str = Field("fedmomentum", description="how client LoRAs are aggregated")

@@ -73,6 +73,8 @@ def create_experiment(session: Session, *, config: ExperimentConfig) -> Experime
 
 def get_experiment(session: Session, *, experiment_id: str) -> Experiment | None:
     """The experiment with this id, or None."""
+    if "\x00" in experiment_id:  # no id has one, and PostgreSQL refuses it in a query
+        return None
     return session.get(Experiment, experiment_id)
 
 

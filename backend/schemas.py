@@ -7,10 +7,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from backend.config import ExperimentConfig
+from backend.config import ExperimentConfig, storable_text
 from backend.models import NO_INT, NO_LAYER, ExperimentStatus
 
 MAX_LIMIT = 500
+# The largest value the database's INTEGER columns hold: integer query parameters compared
+# with them stay within it (SQLite cannot even bind a larger Python int).
+MAX_INT = 2**31 - 1
+MAX_EVENT_ID = 2**63 - 1  # event ids are BIGINT
 
 # The request body of POST /experiments is the experiment config itself.
 ExperimentCreate = ExperimentConfig
@@ -24,6 +28,11 @@ class ExperimentClone(BaseModel):
     name: str | None = Field(
         None, min_length=1, max_length=200, description="default: '<name> (copy)'"
     )
+
+    @field_validator("name")
+    @classmethod
+    def _storable(cls, v: str | None) -> str | None:
+        return storable_text(v)
 
 
 class _FromORM(BaseModel):

@@ -65,6 +65,13 @@ class Settings(BaseSettings):
     # Cross-silo: silo name -> this worker's data for the clients pinned to that silo (a
     # .jsonl/.csv path on this machine), as JSON, e.g. {"hospital-a": "/data/a.jsonl"}.
     silo_data: dict[str, str] = {}
+    # Request limits (per API process): the largest request body (413 beyond it; a config is
+    # a few kB, a 10,000-client silo map ~60 kB), and the event streams (SSE) one client
+    # address may hold open at once (429 beyond; 0: no limit). One dashboard tab holds one
+    # stream; 100 lets a team behind one NAT address watch while one runaway script cannot
+    # make the process poll the database thousands of times a second.
+    max_body_bytes: int = Field(1 << 20, gt=0)
+    max_event_streams_per_client: int = Field(100, ge=0)
 
     @property
     def runs_dir(self) -> Path:

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from backend import crud
 from backend.db import session_for
 from backend.models import Experiment
-from backend.schemas import MAX_LIMIT
+from backend.schemas import MAX_INT, MAX_LIMIT
 from backend.settings import Settings
 
 
@@ -38,7 +38,7 @@ def get_experiment(session: SessionDep, experiment_id: str) -> Experiment:
 
 
 ExperimentDep = Annotated[Experiment, Depends(get_experiment)]
-OffsetDep = Annotated[int, Query(ge=0, description="rows to skip")]
+OffsetDep = Annotated[int, Query(ge=0, le=MAX_INT, description="rows to skip")]
 LimitDep = Annotated[int, Query(ge=1, le=MAX_LIMIT, description=f"rows per page (<= {MAX_LIMIT})")]
 
 

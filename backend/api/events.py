@@ -4,7 +4,8 @@ The stream replays the stored events after the given id, then follows new ones (
 events table: works the same with any number of API processes, and a reconnecting browser
 misses nothing). It ends with an ``end`` event once the experiment has finished and
 everything was sent. Each poll uses its own short session: an open stream holds no
-database connection.
+database connection. A client address holds at most ``max_event_streams_per_client``
+streams at once in one API process (429 beyond; backend.limits).
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ from sqlalchemy.orm import Session
 from backend import crud, progress
 from backend.api.deps import Read, SettingsDep
 from backend.db import get_engine
+from backend.limits import SlotStreamingResponse
 from backend.models import ACTIVE
+from backend.schemas import MAX_EVENT_ID
 from backend.settings import Settings
 
 router = APIRouter(prefix="/experiments/{experiment_id}", tags=["events"], dependencies=[Read])
@@ -36,7 +39,9 @@ def _poll(settings: Settings, experiment_id: str, after: int) -> tuple[list[str]
     """(formatted new events, last id, experiment status or None if it is gone)."""
     with Session(get_engine(settings.database_url)) as session:
         exp = crud.get_experiment(session, experiment_id=experiment_id)
-        status = None if exp is None else exp.status
+        if exp is None:
+            return [], after, None
+        status = exp.status
         rows = progress.events_after(session, experiment_id=experiment_id, after=after)
     out = []
     for e in rows:
@@ -70,14 +75,19 @@ async def _stream(
 @router.get(
     "/events",
     response_class=StreamingResponse,
-    responses={200: {"content": {"text/event-stream": {}}, "description": "an SSE stream"}},
+    responses={
+        200: {"content": {"text/event-stream": {}}, "description": "an SSE stream"},
+        429: {"description": "this client already holds its limit of open event streams"},
+    },
 )
 async def events(
     experiment_id: str,
     request: Request,
     settings: SettingsDep,
-    last_event_id: Annotated[int | None, Header(ge=0)] = None,
-    after: Annotated[int | None, Query(ge=0, description="resume after this event id")] = None,
+    last_event_id: Annotated[int | None, Header(ge=0, le=MAX_EVENT_ID)] = None,
+    after: Annotated[
+        int | None, Query(ge=0, le=MAX_EVENT_ID, description="resume after this event id")
+    ] = None,
 ) -> StreamingResponse:
     """Server-sent events: status, round_started, round_finished, client_progress,
     client_finished, metrics (the new metric records), and a final ``end``."""
@@ -85,8 +95,9 @@ async def events(
     if status is None:
         raise HTTPException(404, f"experiment {experiment_id!r} not found")
     start = last_event_id if last_event_id is not None else (after or 0)
-    return StreamingResponse(
+    return SlotStreamingResponse(
         _stream(request, settings, experiment_id, start),
+        slots=request.app.state.event_slots,
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )

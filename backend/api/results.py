@@ -11,6 +11,7 @@ from backend.api.deps import ExperimentDep, LimitDep, OffsetDep, Read, SessionDe
 from backend.models import METRIC_KINDS
 from backend.runs import read_manifest
 from backend.schemas import (
+    MAX_INT,
     AttemptPublic,
     AttemptsPublic,
     DiagnosticPublic,
@@ -24,7 +25,9 @@ from backend.schemas import (
 router = APIRouter(prefix="/experiments/{experiment_id}", tags=["results"], dependencies=[Read])
 
 Kind = Literal[METRIC_KINDS]  # type: ignore[valid-type]
-RoundQuery = Annotated[int, Query(ge=-1, description="-1: the evaluation before training")]
+RoundQuery = Annotated[
+    int, Query(ge=-1, le=MAX_INT, description="-1: the evaluation before training")
+]
 
 
 @router.get("/rounds", response_model=RoundsPublic)
@@ -56,7 +59,7 @@ def list_metrics(
     session: SessionDep,
     experiment: ExperimentDep,
     kind: Kind | None = None,
-    client: Annotated[int | None, Query(ge=0)] = None,
+    client: Annotated[int | None, Query(ge=0, le=MAX_INT)] = None,
     round_min: RoundQuery | None = None,
     round_max: RoundQuery | None = None,
     offset: OffsetDep = 0,
@@ -80,8 +83,8 @@ def list_metrics(
 def list_diagnostics(
     session: SessionDep,
     experiment: ExperimentDep,
-    layer: str | None = None,
-    round: Annotated[int | None, Query(ge=0)] = None,
+    layer: Annotated[str | None, Query(max_length=300, pattern=r"^[^\x00]*$")] = None,
+    round: Annotated[int | None, Query(ge=0, le=MAX_INT)] = None,
     offset: OffsetDep = 0,
     limit: LimitDep = 100,
 ) -> DiagnosticsPublic:

@@ -8,12 +8,16 @@ An unreachable PostgreSQL fails the tests (it is never skipped).
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
+import uvicorn
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
@@ -21,7 +25,7 @@ from backend.app import create_app
 from backend.db import dispose_engines, get_engine, migrate
 from backend.models import Base
 from backend.settings import Settings
-from tests.helpers import postgres_schema
+from tests.helpers import free_port, postgres_schema
 
 BACKENDS = ("sqlite", "postgresql")
 
@@ -65,6 +69,33 @@ def client(settings: Settings) -> Iterator[TestClient]:
     with get_engine(settings.database_url).begin() as conn:
         for table in reversed(Base.metadata.sorted_tables):
             conn.execute(table.delete())
+
+
+@contextmanager
+def serve(app: FastAPI) -> Iterator[str]:
+    """``app`` served by a real uvicorn on a free loopback port (in a thread): responses
+    really stream and a closed connection is really closed. Yields the base URL."""
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host="127.0.0.1",
+            port=free_port(),
+            log_level="warning",
+            timeout_graceful_shutdown=5,
+        )
+    )
+    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            pytest.fail("uvicorn did not start")
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{server.config.port}"
+    finally:
+        server.should_exit = True
+        thread.join(30)
 
 
 @pytest.fixture
