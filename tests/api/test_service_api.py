@@ -28,7 +28,7 @@ def test_catalog_lists_choices_and_defaults(client):
 
 
 def test_health(client):
-    assert client.get("/api/v1/health").json() == {"status": "ok", "database": "ok"}
+    assert client.get("/api/v1/health").json() == {"status": "ok", "database": "ok", "auth": "none"}
 
 
 def test_health_reports_an_unreachable_database(tmp_path):
@@ -38,7 +38,7 @@ def test_health_reports_an_unreachable_database(tmp_path):
     response = TestClient(app).get("/api/v1/health")
 
     assert response.status_code == 503
-    assert response.json() == {"status": "error", "database": "unreachable"}
+    assert response.json() == {"status": "error", "database": "unreachable", "auth": "none"}
 
 
 def test_openapi_documents_the_routes(client):
