@@ -78,6 +78,14 @@ def get_experiment(session: Session, *, experiment_id: str) -> Experiment | None
     return session.get(Experiment, experiment_id)
 
 
+def experiment_status(session: Session, *, experiment_id: str) -> str | None:
+    """The status of an experiment, or None when there is none (one column: event streams
+    ask this several times a second)."""
+    if "\x00" in experiment_id:
+        return None
+    return session.scalar(select(Experiment.status).where(Experiment.id == experiment_id))
+
+
 def list_experiments(
     session: Session,
     *,

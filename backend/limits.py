@@ -1,6 +1,7 @@
-"""Request limits: the largest request body (413) and live event streams per client (429).
+"""Request limits: the largest request body (413), live event streams per client (429), and
+how many requests and event polls use the database at once.
 
-Both are per API process. Bodies need no coordination. Event streams are counted per client
+All are per API process. Bodies need no coordination. Event streams are counted per client
 address in the process that holds them: each open stream costs that process one database
 poll every 0.25 s, so the process is the resource being protected; with several API processes
 behind a load balancer a client may hold the limit in each of them.
@@ -11,9 +12,23 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
+import anyio
 from fastapi import HTTPException
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+# Requests and event polls that use the database at once. It must stay below the worker
+# threads of sync routes (anyio's 40) and within the connection pool (SQLAlchemy's 5 + 10
+# overflow): a request holds its connection between the thread hops of its dependencies and
+# route; with more of them than threads, every thread can end up waiting for a connection
+# that only a request waiting for a thread can give back (a stall until the pool timeout,
+# then 500s). The rest wait their turn in the event loop, holding nothing.
+DB_CONCURRENCY = 10
+
+
+def database_slots() -> anyio.Semaphore:
+    """The semaphore of one app's database slots (waited on in async code only)."""
+    return anyio.Semaphore(DB_CONCURRENCY)
 
 
 def _body_error(max_bytes: int) -> str:

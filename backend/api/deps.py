@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hmac
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Query, Request
@@ -23,11 +23,22 @@ def get_app_settings(request: Request) -> Settings:
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 
 
-def get_session(settings: SettingsDep) -> Iterator[Session]:
+async def database_slot(request: Request) -> AsyncIterator[None]:
+    """Wait for one of the process's database slots (backend.limits.DB_CONCURRENCY) without
+    holding a worker thread or a connection."""
+    async with request.app.state.db_slots:
+        yield
+
+
+def get_session(
+    settings: SettingsDep, _slot: Annotated[None, Depends(database_slot, scope="function")]
+) -> Iterator[Session]:
     yield from session_for(settings.database_url)
 
 
-SessionDep = Annotated[Session, Depends(get_session)]
+# Function scope: the session closes (its connection back to the pool) and the slot is free
+# as soon as the route has returned, not after a slow client has read the whole response.
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 
 
 def get_experiment(session: SessionDep, experiment_id: str) -> Experiment:

@@ -38,10 +38,9 @@ KEEPALIVE_S = 15.0
 def _poll(settings: Settings, experiment_id: str, after: int) -> tuple[list[str], int, str | None]:
     """(formatted new events, last id, experiment status or None if it is gone)."""
     with Session(get_engine(settings.database_url)) as session:
-        exp = crud.get_experiment(session, experiment_id=experiment_id)
-        if exp is None:
+        status = crud.experiment_status(session, experiment_id=experiment_id)
+        if status is None:
             return [], after, None
-        status = exp.status
         rows = progress.events_after(session, experiment_id=experiment_id, after=after)
     out = []
     for e in rows:
@@ -51,13 +50,21 @@ def _poll(settings: Settings, experiment_id: str, after: int) -> tuple[list[str]
     return out, after, status
 
 
+async def _polled(
+    request: Request, settings: Settings, experiment_id: str, after: int
+) -> tuple[list[str], int, str | None]:
+    """``_poll`` in a worker thread, within one of the app's database slots."""
+    async with request.app.state.db_slots:
+        return await run_in_threadpool(_poll, settings, experiment_id, after)
+
+
 async def _stream(
     request: Request, settings: Settings, experiment_id: str, after: int
 ) -> AsyncIterator[str]:
     yield "retry: 2000\n\n"  # the browser reconnects after 2 s, sending Last-Event-ID
     last_sent = time.monotonic()
     while not await request.is_disconnected():
-        chunks, after, status = await run_in_threadpool(_poll, settings, experiment_id, after)
+        chunks, after, status = await _polled(request, settings, experiment_id, after)
         for chunk in chunks:
             yield chunk
         if chunks:
@@ -91,7 +98,7 @@ async def events(
 ) -> StreamingResponse:
     """Server-sent events: status, round_started, round_finished, client_progress,
     client_finished, metrics (the new metric records), and a final ``end``."""
-    _, _, status = await run_in_threadpool(_poll, settings, experiment_id, 2**62)
+    _, _, status = await _polled(request, settings, experiment_id, 2**62)
     if status is None:
         raise HTTPException(404, f"experiment {experiment_id!r} not found")
     start = last_event_id if last_event_id is not None else (after or 0)

@@ -3,6 +3,7 @@ the inputs that used to crash the API (5xx) now refused with 4xx naming the fiel
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 
@@ -11,6 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from backend.app import create_app
+from backend.limits import DB_CONCURRENCY
 from backend.schemas import MAX_LIMIT
 from tests.api.conftest import serve
 
@@ -230,3 +232,26 @@ def test_out_of_range_parameters_are_4xx(client, create, path, params, status, f
     assert response.status_code == status, response.text
     if field is not None:
         assert response.json()["detail"][0]["loc"] == ["query", field]
+
+
+# ---- database slots ------------------------------------------------------------------------------
+
+
+def test_more_concurrent_requests_than_threads_and_connections_all_succeed(settings, create):
+    """150 requests at once (anyio has 40 worker threads, the pool 15 connections): they wait
+    for a database slot holding nothing, instead of holding connections while waiting for a
+    thread (which stalled until the pool timed out, then answered 500)."""
+    experiment_id = create()["id"]
+    app = create_app(settings)
+
+    async def burst(url: str) -> list[httpx.Response]:
+        limits = httpx.Limits(max_connections=200)
+        async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as http:
+            urls = [f"{API}/{experiment_id}/{p}" for p in ("metrics", "rounds", "attempts")]
+            return await asyncio.gather(*(http.get(urls[i % 3]) for i in range(150)))
+
+    with serve(app) as url:
+        responses = asyncio.run(burst(url))
+
+    assert [r.status_code for r in responses] == [200] * 150
+    assert app.state.db_slots.value == DB_CONCURRENCY  # every slot given back
