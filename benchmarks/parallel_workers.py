@@ -17,18 +17,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 import httpx
+from _service import free_port, healthy, run_to_end, stop, wait
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -46,31 +44,10 @@ def _config(args: argparse.Namespace) -> dict[str, Any]:
     return data
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait(done: Any, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while not done():
-        if time.monotonic() > deadline:
-            raise TimeoutError("the service did not get there in time")
-        time.sleep(0.1)
-
-
-def _ok(http: httpx.Client) -> bool:
-    try:
-        return http.get("/health").status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
 def measure(config: dict[str, Any], workers: int, args: argparse.Namespace) -> dict[str, Any]:
     """Start the API and ``workers`` worker processes, run warm-up + measured experiment."""
     with tempfile.TemporaryDirectory() as tmp:
-        port = _port()
+        port = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("FEDMOMENTUM_")}
         env.update(
             FEDMOMENTUM_DATA_DIR=f"{tmp}/data", HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1",
@@ -92,23 +69,11 @@ def measure(config: dict[str, Any], workers: int, args: argparse.Namespace) -> d
         ]  # fmt: skip
         try:
             http = httpx.Client(base_url=f"http://127.0.0.1:{port}/api/v1", timeout=30)
-            _wait(lambda: _ok(http) and all(b" ready." in log.read_bytes() for log in logs[1:]))
+            wait(lambda: healthy(http) and all(b" ready." in log.read_bytes() for log in logs[1:]))
             warm = {**config, "federation": {**config["federation"], "rounds": 1}}
-            for body in (warm, config):  # the second one is measured
-                eid = http.post("/experiments", json=body).json()["id"]
-                _wait(lambda eid=eid: http.get(f"/experiments/{eid}").json()["status"]
-                      in ("completed", "failed"), timeout=3600)  # fmt: skip
-            exp = http.get(f"/experiments/{eid}").json()
-            assert exp["status"] == "completed", exp["error"]
-            rounds = http.get(f"/experiments/{eid}/rounds").json()["data"]
-            clients = http.get(
-                f"/experiments/{eid}/metrics", params={"kind": "client", "limit": 500}
-            ).json()["data"]
+            _, rounds, clients = run_to_end(http, [warm, config], timeout=3600)  # 2nd measured
         finally:
-            for p in procs:
-                os.killpg(p.pid, signal.SIGTERM)
-            for p in procs:
-                p.wait(60)
+            stop(procs)
     per_round: dict[int, set[str]] = {}
     for m in clients:
         per_round.setdefault(m["round"], set()).add(m["values"]["worker"])

@@ -15,18 +15,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 import httpx
+from _service import free_port, healthy, run_to_end, stop, wait
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -52,16 +50,10 @@ def in_process(config: dict[str, Any]) -> dict[str, Any]:
     return {"round_seconds": rounds, "latency_seconds": None}
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def through_service(config: dict[str, Any], env_extra: dict[str, str]) -> dict[str, Any]:
     """Start the service, run the experiment through the API, read the timings back."""
     with tempfile.TemporaryDirectory() as tmp:
-        port = _port()
+        port = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("FEDMOMENTUM_")}
         env.update(FEDMOMENTUM_DATA_DIR=f"{tmp}/data", HF_HUB_OFFLINE="1", **env_extra)
         cli = [sys.executable, "-m", "backend.cli"]
@@ -82,24 +74,12 @@ def through_service(config: dict[str, Any], env_extra: dict[str, str]) -> dict[s
             )  # fmt: skip
         try:
             http = httpx.Client(base_url=f"http://127.0.0.1:{port}/api/v1", timeout=30)
-            _wait(lambda: _ok(http) and b" ready." in Path(f"{tmp}/service.log").read_bytes())
+            wait(lambda: healthy(http) and b" ready." in Path(f"{tmp}/service.log").read_bytes())
             # One warm-up experiment: the worker loads torch and the model once per process,
             # as it would for the second experiment of any real session.
-            for _ in range(2):  # the second one is measured
-                eid = http.post("/experiments", json=config).json()["id"]
-                _wait(lambda eid=eid: http.get(f"/experiments/{eid}").json()["status"]
-                      in ("completed", "failed"), timeout=1800)  # fmt: skip
-            exp = http.get(f"/experiments/{eid}").json()
-            assert exp["status"] == "completed", exp["error"]
-            rounds = http.get(f"/experiments/{eid}/rounds").json()["data"]
-            clients = http.get(
-                f"/experiments/{eid}/metrics", params={"kind": "client", "limit": 500}
-            ).json()["data"]
+            _, rounds, clients = run_to_end(http, [config, config], timeout=1800)
         finally:
-            for p in procs:
-                os.killpg(p.pid, signal.SIGTERM)
-            for p in procs:
-                p.wait(60)
+            stop(procs)
     first_wait = {}
     for m in clients:
         w = m["values"].get("wait_seconds")
@@ -109,21 +89,6 @@ def through_service(config: dict[str, Any], env_extra: dict[str, str]) -> dict[s
         "round_seconds": [r["summary"]["round_seconds"] for r in rounds],
         "latency_seconds": statistics.median(first_wait.values()) if first_wait else None,
     }
-
-
-def _ok(http: httpx.Client) -> bool:
-    try:
-        return http.get("/health").status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
-def _wait(done: Any, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while not done():
-        if time.monotonic() > deadline:
-            raise TimeoutError("the service did not get there in time")
-        time.sleep(0.1)
 
 
 def main() -> None:
