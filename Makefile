@@ -33,8 +33,10 @@ test: install
 		$(SUDO) apt-get install -y -qq --no-install-recommends chromium; }
 	$(BIN)/python -m pytest
 
+# ruff (lint + format), mypy (strict on the shared layer and the math package), and the
+# import contracts of pyproject.toml (which layer may import which).
 lint: install
-	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy
+	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy && $(BIN)/lint-imports
 
 bench: install
 	$(BIN)/python benchmarks/aggregation.py

@@ -15,8 +15,8 @@ import argparse
 import json
 from pathlib import Path
 
-from backend.config import load_config
-from workers.catalog import STRATEGIES
+from backend.core.catalog import STRATEGIES
+from backend.core.config import load_config
 from workers.runner import run
 
 

@@ -15,7 +15,7 @@ import json
 import tempfile
 from pathlib import Path
 
-from backend.config import load_config
+from backend.core.config import load_config
 from workers.runner import run
 
 

@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _config(args: argparse.Namespace) -> dict[str, Any]:
-    from backend.config import load_config
+    from backend.core.config import load_config
 
     data = load_config(args.config).model_dump(mode="json")
     data["federation"].update(

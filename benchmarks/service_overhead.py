@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _config(path: Path, rounds: int, local_steps: int | None) -> dict[str, Any]:
-    from backend.config import load_config
+    from backend.core.config import load_config
 
     cfg = load_config(path)
     data = cfg.model_dump(mode="json")
@@ -41,7 +41,7 @@ def _config(path: Path, rounds: int, local_steps: int | None) -> dict[str, Any]:
 
 
 def in_process(config: dict[str, Any]) -> dict[str, Any]:
-    from backend.config import ExperimentConfig
+    from backend.core.config import ExperimentConfig
     from workers.runner import run
 
     with tempfile.TemporaryDirectory() as out:

@@ -6,9 +6,9 @@ from logging.config import fileConfig
 
 from alembic import context
 
-from backend.db import get_engine
-from backend.models import Base
-from backend.settings import Settings
+from backend.core.settings import Settings
+from backend.db.engine import get_engine
+from backend.db.models import Base
 
 config = context.config
 if config.config_file_name is not None and config.attributes.get("configure_logging", True):

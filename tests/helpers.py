@@ -11,7 +11,7 @@ from contextlib import contextmanager
 import pytest
 import sqlalchemy as sa
 
-from backend.db import dispose_engines
+from backend.db.engine import dispose_engines
 
 POSTGRES_URL = os.environ.get(
     "FEDMOMENTUM_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from workers.data import Example, TaskData
+from backend.core.data import Example, TaskData
 from workers.training import Encoded, make_batch
 
 

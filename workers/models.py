@@ -41,7 +41,7 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
-from workers.catalog import MODELS
+from backend.core.catalog import MODELS
 
 log = logging.getLogger(__name__)
 
@@ -371,7 +371,7 @@ def load_model(
             raise ValueError(f"model: {name!r} is a {info.task} model and {need}")
         if name == "smollm2-135m":
             if cache_dir is None:
-                from backend.settings import get_settings  # only the built-in needs settings
+                from backend.core.settings import get_settings  # only the built-in needs settings
 
                 cache_dir = get_settings().cache_dir
             return _finish(*_load_smollm2(Path(cache_dir)))

@@ -11,22 +11,23 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import asdict
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from backend import crud, progress
-from backend.config import ExperimentConfig
-from backend.db import get_engine
-from backend.models import ACTIVE, ExperimentStatus
-from backend.runs import run_dir
-from backend.settings import Settings
+from backend.core.broker import send_round
+from backend.core.config import ExperimentConfig
+from backend.core.runs import RunPaths, run_dir
+from backend.core.settings import Settings
+from backend.db import lifecycle, results
+from backend.db.engine import get_engine
+from backend.db.events import add_event
+from backend.db.metrics import add_metrics, has_metric
+from backend.db.models import ACTIVE, ExperimentStatus
 from workers import runner
-from workers.artifacts import RunPaths
-from workers.dispatch import send_round
 
 log = logging.getLogger(__name__)
 
@@ -35,44 +36,76 @@ class Cancelled(Exception):
     """The experiment was cancelled (or deleted) while a client trained."""
 
 
+@dataclass(frozen=True)
+class Job:
+    """What every step of one dispatch works with: the settings, which experiment and
+    generation, its config, and its run directory."""
+
+    settings: Settings
+    experiment_id: str
+    generation: int
+    cfg: ExperimentConfig
+    paths: RunPaths
+
+    @classmethod
+    def load(cls, settings: Settings, experiment_id: str, generation: int) -> Job | None:
+        """The job, if a task of this generation should still work on the experiment."""
+        with _db(settings) as db:
+            exp = lifecycle.current(db, experiment_id=experiment_id, generation=generation)
+            if exp is None:
+                return None
+            cfg = ExperimentConfig.model_validate(exp.config)
+        paths = RunPaths(run_dir(settings.runs_store(), experiment_id))
+        return cls(settings, experiment_id, generation, cfg, paths)
+
+    def db(self) -> AbstractContextManager[Session]:
+        """A database session (closed at the end of the ``with`` block)."""
+        return _db(self.settings)
+
+    def is_current(self) -> bool:
+        with self.db() as db:
+            exp = lifecycle.current(
+                db, experiment_id=self.experiment_id, generation=self.generation
+            )
+            return exp is not None
+
+    def fail(self, reason: str) -> str:
+        log.error("experiment %s failed: %s", self.experiment_id, reason)
+        with self.db() as db:
+            exp = lifecycle.current(
+                db, experiment_id=self.experiment_id, generation=self.generation
+            )
+            if exp is not None:
+                lifecycle.finish(db, experiment=exp, status=ExperimentStatus.failed, error=reason)
+        return "failed"
+
+    def add_metrics(self, records: list[dict[str, Any]]) -> None:
+        with self.db() as db:
+            add_metrics(db, experiment_id=self.experiment_id, records=records, emit=True)
+
+    def send_round(self, t: int, attempt: int, clients: list[int]) -> None:
+        """``send_round``, each silo client to its silo's queue."""
+        silos = {c: silo for c in clients if (silo := self.cfg.silo_of(c)) is not None}
+        send_round(self.settings, self.experiment_id, t, self.generation, attempt, clients, silos)
+
+    def register(self, key: str, kind: str, round_num: int | None) -> None:
+        """Record a committed folder in the artifacts table (path relative to the run dir)."""
+        size = self.paths.store.size(key)
+        with self.db() as db:
+            results.record_artifact(
+                db,
+                experiment_id=self.experiment_id,
+                kind=kind,
+                path=key,
+                round_num=round_num,
+                size=size,
+            )
+
+
 @contextmanager
 def _db(settings: Settings) -> Iterator[Session]:
     with Session(get_engine(settings.database_url), expire_on_commit=False) as session:
         yield session
-
-
-def _paths(settings: Settings, experiment_id: str) -> RunPaths:
-    return RunPaths(run_dir(settings.runs_store(), experiment_id))
-
-
-def _send_round(
-    settings: Settings,
-    experiment_id: str,
-    cfg: ExperimentConfig,
-    t: int,
-    generation: int,
-    attempt: int,
-    clients: list[int],
-) -> None:
-    """``send_round``, each silo client to its silo's queue."""
-    silos = {c: silo for c in clients if (silo := cfg.silo_of(c)) is not None}
-    send_round(settings, experiment_id, t, generation, attempt, clients, silos)
-
-
-def _current(settings: Settings, experiment_id: str, generation: int) -> ExperimentConfig | None:
-    """The config, if a task of this generation should still work on the experiment."""
-    with _db(settings) as db:
-        exp = progress.current(db, experiment_id, generation)
-        return None if exp is None else ExperimentConfig.model_validate(exp.config)
-
-
-def _fail(settings: Settings, experiment_id: str, generation: int, reason: str) -> str:
-    log.error("experiment %s failed: %s", experiment_id, reason)
-    with _db(settings) as db:
-        exp = progress.current(db, experiment_id, generation)
-        if exp is not None:
-            progress.finish(db, exp, ExperimentStatus.failed, reason)
-    return "failed"
 
 
 def _error(e: BaseException) -> str:
@@ -85,81 +118,70 @@ def _error(e: BaseException) -> str:
 def advance(settings: Settings, experiment_id: str, generation: int) -> str:
     """Prepare the run (once), evaluate the initial model (once), then continue it."""
     with _db(settings) as db:
-        exp = progress.current(db, experiment_id, generation)
+        exp = lifecycle.current(db, experiment_id=experiment_id, generation=generation)
         if exp is None:
             return "stale"
-        progress.mark_running(db, exp)
-        cfg = ExperimentConfig.model_validate(exp.config)
-    paths = _paths(settings, experiment_id)
+        lifecycle.mark_running(db, experiment=exp)
+    job = Job.load(settings, experiment_id, generation)
+    if job is None:
+        return "stale"
+    paths = job.paths
     try:
-        runner.prepare(cfg, paths)
+        runner.prepare(job.cfg, paths)
         # A silo's client size is known once it has trained (the server never sees its data).
         sizes = [len(idx or []) for idx in paths.store.read_json(paths.split)["clients"]]
-        with _db(settings) as db:
-            ranks = [cfg.client_rank(i) for i in range(len(sizes))]
-            progress.record_clients(db, experiment_id, sizes, ranks)
-        with _db(settings) as db:
-            evaluated = progress.has_metric(db, experiment_id, "eval", -1)
+        ranks = [job.cfg.client_rank(i) for i in range(len(sizes))]
+        with job.db() as db:
+            results.record_clients(db, experiment_id=experiment_id, sizes=sizes, ranks=ranks)
+            evaluated = has_metric(db, experiment_id=experiment_id, kind="eval", round_num=-1)
         if not evaluated:
-            scores = runner.evaluate(paths, 0)
-            with _db(settings) as db:
-                crud.add_metrics(
-                    db, experiment_id=experiment_id, records=[_eval(-1, scores)], emit=True
-                )
+            job.add_metrics([runner.eval_record(-1, runner.evaluate(paths, 0))])
         t = paths.latest_state()
     except OperationalError:
         raise  # the database is away: the task fails, the reconciler tries again
     except Exception as e:  # noqa: BLE001 - a bad model, data or disk: the user must know
-        return _fail(settings, experiment_id, generation, f"prepare: {_error(e)}")
-    with _db(settings) as db:
-        last = progress.get_round(db, experiment_id, t - 1) if t > 0 else None
+        return job.fail(f"prepare: {_error(e)}")
+    with job.db() as db:
+        last = (
+            results.get_round(db, experiment_id=experiment_id, round_num=t - 1) if t > 0 else None
+        )
     if last is not None and last.status != "completed":
-        return _finish_round(settings, experiment_id, cfg, paths, t - 1, generation)
-    return _continue(settings, experiment_id, cfg, paths, t, generation)
+        return _finish_round(job, t - 1)
+    return _continue(job, t)
 
 
-def _eval(round_num: int, scores: dict[str, float]) -> dict[str, Any]:
-    return {"kind": "eval", "round": round_num, **scores}
-
-
-def _continue(
-    settings: Settings,
-    experiment_id: str,
-    cfg: ExperimentConfig,
-    paths: RunPaths,
-    t: int,
-    generation: int,
-) -> str:
+def _continue(job: Job, t: int) -> str:
     """Start round ``t`` (or resume it), or export and complete after the last round."""
-    if _current(settings, experiment_id, generation) is None:
+    if not job.is_current():
         return "stale"
-    if t >= cfg.federation.rounds:
-        return _complete(settings, experiment_id, cfg, paths, generation)
-    with _db(settings) as db:
-        row = progress.get_round(db, experiment_id, t)
+    if t >= job.cfg.federation.rounds:
+        return _complete(job)
+    with job.db() as db:
+        row = results.get_round(db, experiment_id=job.experiment_id, round_num=t)
         attempt = row.attempt if row is not None else 0
-        clients = runner.sample_clients(cfg, t)
-        progress.start_round(db, experiment_id, t, attempt, clients)
-    _send_round(settings, experiment_id, cfg, t, generation, attempt, clients)
+        clients = runner.sample_clients(job.cfg, t)
+        results.start_round(
+            db, experiment_id=job.experiment_id, round_num=t, attempt=attempt, clients=clients
+        )
+    job.send_round(t, attempt, clients)
     return f"round {t} dispatched"
 
 
-def _complete(
-    settings: Settings, experiment_id: str, cfg: ExperimentConfig, paths: RunPaths, generation: int
-) -> str:
+def _complete(job: Job) -> str:
+    paths = job.paths
     try:
         if not paths.store.committed(paths.export):
-            runner.export(paths, max(cfg.rank_groups()))
-        _register(settings, experiment_id, paths, paths.export, "export", None)
+            runner.export(paths, max(job.cfg.rank_groups()))
+        job.register(paths.export, "export", None)
     except OperationalError:
         raise
     except Exception as e:  # noqa: BLE001
-        return _fail(settings, experiment_id, generation, f"export: {_error(e)}")
-    with _db(settings) as db:
-        exp = progress.current(db, experiment_id, generation)
+        return job.fail(f"export: {_error(e)}")
+    with job.db() as db:
+        exp = lifecycle.current(db, experiment_id=job.experiment_id, generation=job.generation)
         if exp is None:
             return "stale"
-        progress.finish(db, exp, ExperimentStatus.completed, None)
+        lifecycle.finish(db, experiment=exp, status=ExperimentStatus.completed, error=None)
     return "completed"
 
 
@@ -170,9 +192,8 @@ class _Reporter:
     """The on_step callback: buffers step losses; at most every ``interval`` seconds writes
     them as metrics, sends a progress event, beats the heart and checks for cancellation."""
 
-    def __init__(self, settings: Settings, experiment_id: str, round_num: int, client: int):
-        self.settings, self.experiment_id = settings, experiment_id
-        self.round, self.client = round_num, client
+    def __init__(self, job: Job, round_num: int, client: int):
+        self.job, self.round, self.client = job, round_num, client
         self.pending: list[dict[str, Any]] = []
         self.last = time.monotonic()
 
@@ -186,27 +207,26 @@ class _Reporter:
                 "loss": loss,
             }
         )
-        if time.monotonic() - self.last >= self.settings.progress_interval_s:
+        if time.monotonic() - self.last >= self.job.settings.progress_interval_s:
             self.flush()
 
     def flush(self) -> None:
         self.last = time.monotonic()
-        with _db(self.settings) as db:
+        experiment_id = self.job.experiment_id
+        with self.job.db() as db:
             if self.pending:
-                crud.add_metrics(
-                    db, experiment_id=self.experiment_id, records=self.pending, emit=True
-                )
+                add_metrics(db, experiment_id=experiment_id, records=self.pending, emit=True)
                 last = self.pending[-1]
-                progress.add_event(
+                add_event(
                     db,
-                    self.experiment_id,
-                    "client_progress",
-                    {k: last[k] for k in ("round", "client", "step", "loss")},
+                    experiment_id=experiment_id,
+                    type="client_progress",
+                    data={k: last[k] for k in ("round", "client", "step", "loss")},
                 )
                 self.pending = []
-            status = progress.heartbeat(db, self.experiment_id)
+            status = lifecycle.heartbeat(db, experiment_id=experiment_id)
         if status not in ACTIVE:
-            raise Cancelled(f"experiment {self.experiment_id} is {status or 'deleted'}")
+            raise Cancelled(f"experiment {experiment_id} is {status or 'deleted'}")
 
 
 def train(
@@ -224,30 +244,32 @@ def train(
     ``waited``: seconds between dispatch and the start of this task (queueing + latency);
     ``worker``: the name of the Celery worker running it (recorded with the client).
     """
-    if _current(settings, experiment_id, generation) is None:
+    job = Job.load(settings, experiment_id, generation)
+    if job is None:
         return {"client": client, "skipped": "stale"}
-    paths = _paths(settings, experiment_id)
+    paths = job.paths
     if paths.store.committed(paths.state(round_num + 1)):
         return {"client": client, "skipped": "round already aggregated"}
-    with _db(settings) as db:
-        done = progress.latest_client_updates(db, experiment_id, round_num).get(client)
+    with job.db() as db:
+        done = results.latest_client_updates(
+            db, experiment_id=experiment_id, round_num=round_num
+        ).get(client)
+        lifecycle.heartbeat(db, experiment_id=experiment_id)
     if done is not None and done.ok and paths.store.exists(paths.upload(round_num, client)):
         return {"client": client, "ok": True, "skipped": "already trained"}
-    reporter = _Reporter(settings, experiment_id, round_num, client)
-    with _db(settings) as db:
-        progress.heartbeat(db, experiment_id)
+    reporter = _Reporter(job, round_num, client)
     rec = runner.train_client(paths, round_num, client, on_step=reporter)
     rec.worker = worker
     reporter.pending = []  # every step is in rec.losses, written below
-    with _db(settings) as db:
+    with job.db() as db:
         if rec.ok:  # a failed attempt is kept in client_updates: its metrics would take the
             # (round, client) keys and hide the retry that succeeds
             records = runner.client_metrics(rec)
             records[-1]["wait_seconds"] = waited  # the "client" record
-            crud.add_metrics(db, experiment_id=experiment_id, records=records, emit=True)
+            add_metrics(db, experiment_id=experiment_id, records=records, emit=True)
         record = {k: v for k, v in asdict(rec).items() if k != "losses"}
-        progress.record_client(db, experiment_id, attempt, record)
-        progress.heartbeat(db, experiment_id)
+        results.record_client(db, experiment_id=experiment_id, attempt=attempt, record=record)
+        lifecycle.heartbeat(db, experiment_id=experiment_id)
     return {"client": client, "ok": rec.ok, "error": rec.error}
 
 
@@ -258,43 +280,32 @@ def aggregate(
     settings: Settings, experiment_id: str, round_num: int, attempt: int, generation: int
 ) -> str:
     """Aggregate the round's successful clients (or retry it, or fail), evaluate, go on."""
-    cfg = _current(settings, experiment_id, generation)
-    if cfg is None:
+    job = Job.load(settings, experiment_id, generation)
+    if job is None:
         return "stale"
-    paths = _paths(settings, experiment_id)
     try:
-        if not paths.store.committed(paths.state(round_num + 1)):
-            outcome = _aggregate(
-                settings, experiment_id, cfg, paths, round_num, attempt, generation
-            )
+        if not job.paths.store.committed(job.paths.state(round_num + 1)):
+            outcome = _aggregate(job, round_num, attempt)
             if outcome is not None:
                 return outcome
     except OperationalError:
         raise
     except Exception as e:  # noqa: BLE001
-        return _fail(settings, experiment_id, generation, f"round {round_num}: {_error(e)}")
-    return _finish_round(settings, experiment_id, cfg, paths, round_num, generation)
+        return job.fail(f"round {round_num}: {_error(e)}")
+    return _finish_round(job, round_num)
 
 
-def _aggregate(
-    settings: Settings,
-    experiment_id: str,
-    cfg: ExperimentConfig,
-    paths: RunPaths,
-    t: int,
-    attempt: int,
-    generation: int,
-) -> str | None:
+def _aggregate(job: Job, t: int, attempt: int) -> str | None:
     """Aggregate round t; or a string saying why not (retried, failed).
 
     A client whose upload screening excludes counts as failed: with too few usable updates
     the round is retried for the failed and excluded clients, then fails with every reason.
     """
-    sampled = runner.sample_clients(cfg, t)
-    with _db(settings) as db:
-        latest = progress.latest_client_updates(db, experiment_id, t)
+    sampled = runner.sample_clients(job.cfg, t)
+    with job.db() as db:
+        latest = results.latest_client_updates(db, experiment_id=job.experiment_id, round_num=t)
     ok = [c for c in sampled if c in latest and latest[c].ok]
-    need = cfg.federation.min_clients_per_round
+    need = job.cfg.federation.min_clients_per_round
     if len(ok) >= need:
         records = [
             runner.ClientRecord(
@@ -310,83 +321,60 @@ def _aggregate(
             if c in latest
         ]
         try:
-            runner.aggregate(paths, t, records)
+            runner.aggregate(job.paths, t, records)
         except runner.TooFewUpdates as e:
-            with _db(settings) as db:
-                progress.exclude_clients(db, experiment_id, t, e.excluded)
-                latest = progress.latest_client_updates(db, experiment_id, t)
+            with job.db() as db:
+                results.exclude_clients(
+                    db, experiment_id=job.experiment_id, round_num=t, excluded=e.excluded
+                )
+                latest = results.latest_client_updates(
+                    db, experiment_id=job.experiment_id, round_num=t
+                )
             ok = [c for c in sampled if c in latest and latest[c].ok]
         else:
-            _register(settings, experiment_id, paths, paths.state(t + 1), "round_state", t)
+            job.register(job.paths.state(t + 1), "round_state", t)
             return None
     failed = [c for c in sampled if c not in ok]
-    if attempt + 1 < settings.max_round_attempts:
-        with _db(settings) as db:
-            progress.start_round(db, experiment_id, t, attempt + 1, failed)
-        _send_round(settings, experiment_id, cfg, t, generation, attempt + 1, failed)
+    if attempt + 1 < job.settings.max_round_attempts:
+        with job.db() as db:
+            results.start_round(
+                db,
+                experiment_id=job.experiment_id,
+                round_num=t,
+                attempt=attempt + 1,
+                clients=failed,
+            )
+        job.send_round(t, attempt + 1, failed)
         return f"round {t} retried"
     reasons = "; ".join(
         f"client {c}: {latest[c].error if c in latest else 'no result'}" for c in failed
     )
-    return _fail(
-        settings,
-        experiment_id,
-        generation,
+    return job.fail(
         f"round {t}: {len(ok)} of {len(sampled)} clients succeeded after {attempt + 1} "
-        f"attempts (min_clients_per_round is {need}); {reasons}",
+        f"attempts (min_clients_per_round is {need}); {reasons}"
     )
 
 
-def _register(
-    settings: Settings,
-    experiment_id: str,
-    paths: RunPaths,
-    key: str,
-    kind: str,
-    round_num: int | None,
-) -> None:
-    """Record a committed folder in the artifacts table (path relative to the run dir)."""
-    size = paths.store.size(key)
-    with _db(settings) as db:
-        progress.record_artifact(db, experiment_id, kind, key, round_num, size)
-
-
-def _finish_round(
-    settings: Settings,
-    experiment_id: str,
-    cfg: ExperimentConfig,
-    paths: RunPaths,
-    t: int,
-    generation: int,
-) -> str:
+def _finish_round(job: Job, t: int) -> str:
     """Evaluate the aggregated round, store its records (once), and continue."""
     try:
-        with _db(settings) as db:
-            row = progress.get_round(db, experiment_id, t)
-            finished = row is not None and row.status == "completed"
-            latest = progress.latest_client_updates(db, experiment_id, t)
-        if not finished:
-            summary = runner.aggregated_summary(paths, t)
-            start = time.perf_counter()
-            scores = runner.evaluate(paths, t + 1, runner.aggregated_clients(summary))
-            started = row.started_at if row is not None and row.started_at else None
-            summary.update(
-                scores,
-                eval_seconds=time.perf_counter() - start,
+        with job.db() as db:
+            row = results.get_round(db, experiment_id=job.experiment_id, round_num=t)
+            latest = results.latest_client_updates(db, experiment_id=job.experiment_id, round_num=t)
+        if row is None or row.status != "completed":
+            summary, records = runner.finish_round(
+                job.paths,
+                t,
+                started_at=row.started_at if row is not None else None,
                 train_seconds=sum(r.seconds for r in latest.values()),
-                round_seconds=(progress.utcnow() - started).total_seconds() if started else None,
             )
-            with _db(settings) as db:
-                crud.add_metrics(
-                    db,
-                    experiment_id=experiment_id,
-                    records=[_eval(t, scores), *runner.round_metrics(t, summary)],
-                    emit=True,
+            with job.db() as db:
+                add_metrics(db, experiment_id=job.experiment_id, records=records, emit=True)
+                results.finish_round(
+                    db, experiment_id=job.experiment_id, round_num=t, summary=summary
                 )
-                summary.pop("diagnostics")
-                progress.finish_round(db, experiment_id, t, summary)
     except OperationalError:
         raise
     except Exception as e:  # noqa: BLE001
-        return _fail(settings, experiment_id, generation, f"round {t} evaluation: {_error(e)}")
-    return _continue(settings, experiment_id, cfg, paths, t + 1, generation)
+        return job.fail(f"round {t} evaluation: {_error(e)}")
+    return _continue(job, t + 1)

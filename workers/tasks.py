@@ -1,5 +1,6 @@
 """Celery tasks: thin wrappers around workers.service. Start a worker with
-``fedmomentum worker`` (or ``celery -A workers.tasks worker -Q train,aggregate``).
+``fedmomentum worker`` (or ``celery -A workers.tasks worker -Q train,aggregate``). Tasks are
+sent by name (backend.core.broker), so nothing else imports this module.
 """
 
 from __future__ import annotations
@@ -11,11 +12,14 @@ from typing import Any
 from celery import Task
 from celery.signals import worker_process_init, worker_ready
 
-from backend.settings import get_settings
-from workers.celery_app import app
+from backend.core.broker import make_app
+from backend.core.settings import get_settings
 
 __all__ = ["app", "advance", "train_client", "aggregate_round"]
 log = logging.getLogger(__name__)
+
+# The worker's app: a worker process reads its settings once, at start.
+app = make_app(get_settings())
 
 
 def _setup(**_: Any) -> None:

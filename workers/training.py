@@ -13,8 +13,9 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from backend.config import TrainingConfig
-from workers.data import Example, collate, tokenize_example
+from backend.core.config import TrainingConfig
+from backend.core.data import Example
+from workers.encoding import collate, tokenize_example
 
 Encoded = dict[str, list[int]]
 

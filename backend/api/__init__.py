@@ -1,4 +1,4 @@
-"""REST routes under /api/v1: HTTP concerns only; the work is in backend.crud and friends."""
+"""REST routes under /api/v1: HTTP concerns only; the work is in the database layer (backend.db)."""
 
 from __future__ import annotations
 

@@ -7,10 +7,10 @@ from functools import lru_cache
 from fastapi import APIRouter
 
 from backend.api.deps import Read
-from backend.config import ExperimentConfig
-from backend.runs import EXPORT_HELP
-from backend.schemas import CatalogEntry, CatalogPublic
-from workers.catalog import DATASETS, MODELS, PARTITIONS, STRATEGIES
+from backend.api.schemas import CatalogEntry, CatalogPublic
+from backend.core.catalog import DATASETS, MODELS, PARTITIONS, STRATEGIES
+from backend.core.config import ExperimentConfig
+from backend.core.runs import EXPORT_HELP
 
 router = APIRouter(tags=["catalog"], dependencies=[Read])
 

@@ -9,11 +9,11 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Query, Request
 from sqlalchemy.orm import Session
 
-from backend import crud
-from backend.db import session_for
-from backend.models import Experiment
-from backend.schemas import MAX_INT, MAX_LIMIT
-from backend.settings import Settings
+from backend.api.schemas import MAX_INT, MAX_LIMIT
+from backend.core.settings import Settings
+from backend.db import experiments
+from backend.db.engine import session_for
+from backend.db.models import Experiment
 
 
 def get_app_settings(request: Request) -> Settings:
@@ -24,7 +24,7 @@ SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 
 
 async def database_slot(request: Request) -> AsyncIterator[None]:
-    """Wait for one of the process's database slots (backend.limits.DB_CONCURRENCY) without
+    """Wait for one of the process's database slots (backend.api.limits.DB_CONCURRENCY) without
     holding a worker thread or a connection."""
     async with request.app.state.db_slots:
         yield
@@ -42,7 +42,7 @@ SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 
 
 def get_experiment(session: SessionDep, experiment_id: str) -> Experiment:
-    experiment = crud.get_experiment(session, experiment_id=experiment_id)
+    experiment = experiments.get_experiment(session, experiment_id=experiment_id)
     if experiment is None:
         raise HTTPException(404, f"experiment {experiment_id!r} not found")
     return experiment

@@ -7,9 +7,9 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, HTTPException, Path, Query
 from fastapi.responses import HTMLResponse, StreamingResponse
 
-from backend import report
+from backend.api import report
 from backend.api.deps import ExperimentDep, SessionDep, SettingsDep, Write
-from backend.runs import (
+from backend.core.runs import (
     EXPORTS,
     check_export_rank,
     export_path,
@@ -17,7 +17,7 @@ from backend.runs import (
     run_dir,
     zip_stream,
 )
-from backend.settings import Settings
+from backend.core.settings import Settings
 
 # Downloads are the private adapters: always behind the token, even with open reads.
 router = APIRouter(prefix="/experiments/{experiment_id}", tags=["downloads"], dependencies=[Write])

@@ -5,7 +5,7 @@ events table: works the same with any number of API processes, and a reconnectin
 misses nothing). It ends with an ``end`` event once the experiment has finished and
 everything was sent. Each poll uses its own short session: an open stream holds no
 database connection. A client address holds at most ``max_event_streams_per_client``
-streams at once in one API process (429 beyond; backend.limits).
+streams at once in one API process (429 beyond; backend.api.limits).
 """
 
 from __future__ import annotations
@@ -21,13 +21,14 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from sqlalchemy.orm import Session
 
-from backend import crud, progress
 from backend.api.deps import Read, SettingsDep
-from backend.db import get_engine
-from backend.limits import SlotStreamingResponse
-from backend.models import ACTIVE
-from backend.schemas import MAX_EVENT_ID
-from backend.settings import Settings
+from backend.api.limits import SlotStreamingResponse
+from backend.api.schemas import MAX_EVENT_ID
+from backend.core.settings import Settings
+from backend.db.engine import get_engine
+from backend.db.events import event_payload, events_after
+from backend.db.experiments import experiment_status
+from backend.db.models import ACTIVE
 
 router = APIRouter(prefix="/experiments/{experiment_id}", tags=["events"], dependencies=[Read])
 
@@ -38,13 +39,13 @@ KEEPALIVE_S = 15.0
 def _poll(settings: Settings, experiment_id: str, after: int) -> tuple[list[str], int, str | None]:
     """(formatted new events, last id, experiment status or None if it is gone)."""
     with Session(get_engine(settings.database_url)) as session:
-        status = crud.experiment_status(session, experiment_id=experiment_id)
+        status = experiment_status(session, experiment_id=experiment_id)
         if status is None:
             return [], after, None
-        rows = progress.events_after(session, experiment_id=experiment_id, after=after)
+        rows = events_after(session, experiment_id=experiment_id, after=after)
     out = []
     for e in rows:
-        payload = json.dumps(progress.event_payload(e))
+        payload = json.dumps(event_payload(e))
         out.append(f"id: {e.id}\nevent: {e.type}\ndata: {payload}\n\n")
         after = e.id
     return out, after, status

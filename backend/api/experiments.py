@@ -8,7 +8,6 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Body, HTTPException, Query, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 
-from backend import crud
 from backend.api.deps import (
     ExperimentDep,
     LimitDep,
@@ -18,13 +17,19 @@ from backend.api.deps import (
     SettingsDep,
     Write,
 )
-from backend.checks import check_feasible
-from backend.models import Experiment, ExperimentStatus
-from backend.runs import remove_run_dir
-from backend.schemas import ExperimentClone, ExperimentCreate, ExperimentPublic, ExperimentsPublic
-from backend.settings import Settings
-from workers.catalog import STRATEGIES
-from workers.dispatch import dispatch
+from backend.api.schemas import (
+    ExperimentClone,
+    ExperimentCreate,
+    ExperimentPublic,
+    ExperimentsPublic,
+)
+from backend.core.catalog import STRATEGIES
+from backend.core.checks import check_feasible
+from backend.core.runs import remove_run_dir
+from backend.core.settings import Settings
+from backend.db import experiments as crud
+from backend.db.lifecycle import dispatch
+from backend.db.models import Experiment, ExperimentStatus
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +43,7 @@ def _dispatch(settings: Settings, session: SessionDep, experiment: Experiment) -
     """Send the new experiment to the workers. If the broker is down it stays queued and the
     reconciler sends it later; the API does not fail a request it has stored."""
     try:
-        dispatch(settings, session, experiment)
+        dispatch(settings, session, experiment=experiment)
     except Exception:  # noqa: BLE001
         log.exception(
             "experiment %s stored but not dispatched; the reconciler retries", experiment.id

@@ -6,11 +6,8 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Query
 
-from backend import crud
 from backend.api.deps import ExperimentDep, LimitDep, OffsetDep, Read, SessionDep, SettingsDep
-from backend.models import METRIC_KINDS
-from backend.runs import read_manifest
-from backend.schemas import (
+from backend.api.schemas import (
     MAX_INT,
     AttemptPublic,
     AttemptsPublic,
@@ -21,6 +18,9 @@ from backend.schemas import (
     RoundPublic,
     RoundsPublic,
 )
+from backend.core.runs import read_manifest
+from backend.db import metrics, results
+from backend.db.models import METRIC_KINDS
 
 router = APIRouter(prefix="/experiments/{experiment_id}", tags=["results"], dependencies=[Read])
 
@@ -35,7 +35,9 @@ def list_rounds(
     session: SessionDep, experiment: ExperimentDep, offset: OffsetDep = 0, limit: LimitDep = 500
 ) -> RoundsPublic:
     """The experiment's rounds in order, with their summaries."""
-    rows, count = crud.list_rounds(session, experiment_id=experiment.id, offset=offset, limit=limit)
+    rows, count = results.list_rounds(
+        session, experiment_id=experiment.id, offset=offset, limit=limit
+    )
     return RoundsPublic(data=[RoundPublic.model_validate(r) for r in rows], count=count)
 
 
@@ -48,7 +50,7 @@ def list_attempts(
     limit: LimitDep = 500,
 ) -> AttemptsPublic:
     """Client training attempts, failures (``ok=false``, with the error) and retries included."""
-    rows, count = crud.list_attempts(
+    rows, count = results.list_attempts(
         session, experiment_id=experiment.id, ok=ok, offset=offset, limit=limit
     )
     return AttemptsPublic(data=[AttemptPublic.model_validate(r) for r in rows], count=count)
@@ -66,7 +68,7 @@ def list_metrics(
     limit: LimitDep = 100,
 ) -> MetricsPublic:
     """Metrics records (client steps, evaluations, diagnostics, rounds), filtered and paged."""
-    rows, count = crud.query_metrics(
+    rows, count = metrics.query_metrics(
         session,
         experiment_id=experiment.id,
         kind=kind,
@@ -89,14 +91,14 @@ def list_diagnostics(
     limit: LimitDep = 100,
 ) -> DiagnosticsPublic:
     """Per-layer diagnostics by round: singular spectra, residual energy, exactness error."""
-    rows, count = crud.query_diagnostics(
+    rows, count = metrics.query_diagnostics(
         session, experiment_id=experiment.id, layer=layer, round=round, offset=offset, limit=limit
     )
     data = [
         DiagnosticPublic.model_validate({**m.values, "round": m.round, "layer": m.layer})
         for m in rows
     ]
-    layers = crud.diagnostic_layers(session, experiment_id=experiment.id)
+    layers = metrics.diagnostic_layers(session, experiment_id=experiment.id)
     return DiagnosticsPublic(data=data, count=count, layers=layers)
 
 

@@ -4,7 +4,7 @@ Revision ID: 0001
 Revises:
 Create Date: 2026-11-24
 
-Self-contained on purpose (no imports from backend.models): a migration is history and
+Self-contained on purpose (no imports from backend.db.models): a migration is history and
 must keep meaning what it meant when it was written.
 """
 

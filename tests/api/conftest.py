@@ -21,10 +21,10 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
-from backend.app import create_app
-from backend.db import dispose_engines, get_engine, migrate
-from backend.models import Base
-from backend.settings import Settings
+from backend.api.app import create_app
+from backend.core.settings import Settings
+from backend.db.engine import dispose_engines, get_engine, migrate
+from backend.db.models import Base
 from tests.helpers import free_port, postgres_schema
 
 BACKENDS = ("sqlite", "postgresql")

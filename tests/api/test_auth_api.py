@@ -9,8 +9,8 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
-from backend.app import create_app
-from backend.settings import Settings
+from backend.api.app import create_app
+from backend.core.settings import Settings
 
 TOKEN = "correct-horse-battery-staple"
 GOOD = {"Authorization": f"Bearer {TOKEN}"}

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 import re
 
-from backend.dashboard import FRONTEND_DIR, plotly_js
-from backend.report import MODULES
-from backend.runs import EXPORT_HELP, EXPORTS
+from backend.api.dashboard import FRONTEND_DIR, plotly_js
+from backend.api.report import MODULES
+from backend.core.runs import EXPORT_HELP, EXPORTS
 
 API = "/api/v1/experiments"
 
@@ -73,10 +73,15 @@ def test_manifest_is_404_until_the_run_starts_then_served(client, create, settin
 
 
 def test_report_embeds_the_events_the_modules_and_plotly(client, create, session):
-    from backend import progress
+    from backend.db.events import add_event
 
     experiment = create(name="report </script> me")
-    progress.add_event(session, experiment["id"], "round_started", {"round": 0, "attempt": 0})
+    add_event(
+        session,
+        experiment_id=experiment["id"],
+        type="round_started",
+        data={"round": 0, "attempt": 0},
+    )
     session.commit()
     response = client.get(f"{API}/{experiment['id']}/report")
     assert response.status_code == 200

@@ -7,7 +7,7 @@ import zipfile
 
 import pytest
 
-from backend.runs import run_dir
+from backend.core.runs import run_dir
 
 API = "/api/v1/experiments"
 

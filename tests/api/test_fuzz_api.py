@@ -22,12 +22,14 @@ from hypothesis import strategies as st
 from schemathesis import GenerationMode
 from sqlalchemy.orm import Session
 
-from backend import crud, progress
-from backend.app import create_app
-from backend.config import ExperimentConfig
-from backend.db import get_engine
-from backend.models import Base, Experiment, ExperimentStatus
-from backend.settings import Settings
+from backend.api.app import create_app
+from backend.core.config import ExperimentConfig
+from backend.core.settings import Settings
+from backend.db import lifecycle, results
+from backend.db.engine import get_engine
+from backend.db.experiments import cancel_experiment, create_experiment
+from backend.db.metrics import add_metrics
+from backend.db.models import Base, Experiment, ExperimentStatus
 from tests.api.conftest import serve
 
 TINY = {"model": "tiny-llama", "dataset": "arith", "data": {"n_train": 40, "n_eval": 8}}
@@ -50,26 +52,31 @@ def _seed(settings: Settings) -> list[str]:
     with Session(get_engine(settings.database_url)) as session:
         for status in ExperimentStatus:
             config = ExperimentConfig(name=f"fuzz {status}", **TINY)
-            exp = crud.create_experiment(session, config=config)
+            exp = create_experiment(session, config=config)
             ids.append(exp.id)
             if status == ExperimentStatus.queued:
                 continue
-            progress.mark_running(session, exp)
+            lifecycle.mark_running(session, experiment=exp)
             if status == ExperimentStatus.completed:
                 _results(session, settings, exp)
             if status == ExperimentStatus.cancelled:
-                crud.cancel_experiment(session, experiment=exp)
+                cancel_experiment(session, experiment=exp)
             elif status != ExperimentStatus.running:
-                progress.finish(session, exp, status, "boom" if status == "failed" else None)
+                lifecycle.finish(
+                    session,
+                    experiment=exp,
+                    status=status,
+                    error="boom" if status == "failed" else None,
+                )
     return ids
 
 
 def _results(session: Session, settings: Settings, exp: Experiment) -> None:
-    progress.start_round(session, exp.id, 0, 0, [0, 1])
+    results.start_round(session, experiment_id=exp.id, round_num=0, attempt=0, clients=[0, 1])
     for client in (0, 1):
         ok = client == 0
         record = {"round": 0, "client": client, "ok": ok, "error": None if ok else "oom"}
-        progress.record_client(session, exp.id, 0, record)
+        results.record_client(session, experiment_id=exp.id, attempt=0, record=record)
     records: list[dict[str, Any]] = [
         {"kind": "client_step", "round": 0, "client": 0, "step": s, "loss": 1.0} for s in range(3)
     ]
@@ -77,8 +84,13 @@ def _results(session: Session, settings: Settings, exp: Experiment) -> None:
     records.append(
         {"kind": "diagnostics", "round": 0, "layer": "q_proj", "singular_values": [2.0, 1.0]}
     )
-    crud.add_metrics(session, experiment_id=exp.id, records=records, emit=True)
-    progress.finish_round(session, exp.id, 0, {"round": 0, "accuracy": 0.5, "eval_loss": 1.0})
+    add_metrics(session, experiment_id=exp.id, records=records, emit=True)
+    results.finish_round(
+        session,
+        experiment_id=exp.id,
+        round_num=0,
+        summary={"round": 0, "accuracy": 0.5, "eval_loss": 1.0},
+    )
     root = settings.runs_dir / exp.id
     files = {
         "manifest.json": b'{"seed": 0}',

@@ -11,9 +11,9 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from backend.app import create_app
-from backend.limits import DB_CONCURRENCY
-from backend.schemas import MAX_LIMIT
+from backend.api.app import create_app
+from backend.api.limits import DB_CONCURRENCY
+from backend.api.schemas import MAX_LIMIT
 from tests.api.conftest import serve
 
 API = "/api/v1/experiments"

@@ -7,8 +7,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
 from backend.cli import main
-from backend.db import downgrade, get_engine, migrate
-from backend.models import Base
+from backend.db.engine import downgrade, get_engine, migrate
+from backend.db.models import Base
 
 TABLES = {"experiments", "rounds", "client_updates", "metrics", "artifacts", "events", "clients"}
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import func, select
 
-from backend import crud
-from backend.models import Metric, Round
+from backend.db.metrics import add_metrics
+from backend.db.models import Metric, Round
 
 API = "/api/v1/experiments"
 
@@ -44,7 +44,7 @@ def _records() -> list[dict]:
 @pytest.fixture
 def experiment(create, session):
     created = create()
-    crud.add_metrics(session, experiment_id=created["id"], records=_records())
+    add_metrics(session, experiment_id=created["id"], records=_records())
     return created
 
 
@@ -57,10 +57,10 @@ def test_add_metrics_twice_stores_each_record_once(create, session):
     experiment_id = create()["id"]
     records = _records()
 
-    first = crud.add_metrics(session, experiment_id=experiment_id, records=records)
-    again = crud.add_metrics(session, experiment_id=experiment_id, records=records)
+    first = add_metrics(session, experiment_id=experiment_id, records=records)
+    again = add_metrics(session, experiment_id=experiment_id, records=records)
     changed = [r | {"loss": 99.0} for r in records if r["kind"] == "client_step"]
-    redelivered = crud.add_metrics(session, experiment_id=experiment_id, records=changed)
+    redelivered = add_metrics(session, experiment_id=experiment_id, records=changed)
 
     assert (first, again, redelivered) == (len(records), 0, 0)
     assert _count(session, experiment_id) == len(records)
@@ -68,9 +68,7 @@ def test_add_metrics_twice_stores_each_record_once(create, session):
 
 def test_add_metrics_rejects_an_unknown_kind(create, session):
     with pytest.raises(ValueError, match=r"kind: unknown 'loss'; allowed: client_step"):
-        crud.add_metrics(
-            session, experiment_id=create()["id"], records=[{"kind": "loss", "round": 0}]
-        )
+        add_metrics(session, experiment_id=create()["id"], records=[{"kind": "loss", "round": 0}])
 
 
 def test_metrics_filters(client, experiment):
@@ -160,13 +158,15 @@ def test_deleting_an_experiment_deletes_its_rows(client, experiment, session):
 
 
 def test_attempts_list_failures_and_retries_in_order(client, create, session):
-    from backend import progress
+    from backend.db.results import record_client
 
     experiment = create()
     for client_id, attempt, ok in ((1, 0, False), (0, 0, True), (1, 1, True), (1, 1, True)):
         record = {"round": 0, "client": client_id, "ok": ok, "n_examples": 7, "seconds": 0.5}
         record["error"] = None if ok else "OSError: disk full"
-        progress.record_client(session, experiment["id"], attempt, record)  # the last: a re-run
+        record_client(
+            session, experiment_id=experiment["id"], attempt=attempt, record=record
+        )  # the last: a re-run
 
     everything = client.get(f"{API}/{experiment['id']}/attempts").json()
     failures = client.get(f"{API}/{experiment['id']}/attempts", params={"ok": False}).json()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -9,10 +10,10 @@ from pathlib import Path
 
 from fastapi.testclient import TestClient
 
-from backend.app import create_app
-from backend.config import ExperimentConfig
-from backend.settings import Settings
-from workers.catalog import DATASETS, MODELS, PARTITIONS, STRATEGIES
+from backend.api.app import create_app
+from backend.core.catalog import DATASETS, MODELS, PARTITIONS, STRATEGIES
+from backend.core.config import ExperimentConfig
+from backend.core.settings import Settings
 
 ROOT = Path(__file__).parents[2]
 
@@ -55,17 +56,18 @@ def test_backend_never_imports_torch(tmp_path):
         f"""
         import sys
         from fastapi.testclient import TestClient
-        import backend.app, backend.cli, backend.crud
-        from backend.db import migrate
-        from backend.settings import Settings
+        import backend.api.app, backend.cli, backend.db.experiments
+        from backend.db.engine import migrate
+        from backend.core.settings import Settings
 
         settings = Settings(data_dir={str(tmp_path)!r})
         migrate(settings.database_url)
-        client = TestClient(backend.app.create_app(settings))
+        client = TestClient(backend.api.app.create_app(settings))
         config = {{"model": "tiny-llama", "dataset": "arith", "data": {{"n_train": 20}}}}
         assert client.post("/api/v1/experiments", json=config).status_code == 201
         assert client.get("/api/v1/catalog").status_code == 200
-        print(sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "transformers")))
+        banned = ("torch", "transformers", "peft", "workers")
+        print(sorted(m for m in sys.modules if m.split(".")[0] in banned))
         """
     )
     result = subprocess.run(
@@ -74,6 +76,30 @@ def test_backend_never_imports_torch(tmp_path):
 
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_importing_the_api_starts_nothing_and_creates_no_folder(tmp_path):
+    data = tmp_path / "data"
+    script = textwrap.dedent(
+        """
+        import threading
+        import backend.api.app, backend.api, backend.db.lifecycle, backend.core.broker
+        print(threading.active_count())
+        """
+    )
+    env = {**os.environ, "FEDMOMENTUM_DATA_DIR": str(data)}
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "1"  # no thread started
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no data dir, no ./control
 
 
 def test_create_dispatches_to_the_workers(client, create, settings):
@@ -92,12 +118,12 @@ def test_events_of_unknown_experiment_is_404(client):
 
 
 def test_events_replay_and_end_for_a_finished_experiment(client, create, session):
-    from backend import progress
-    from backend.models import Experiment
+    from backend.db.events import add_event
+    from backend.db.models import Experiment
 
     experiment = create()
     row = session.get(Experiment, experiment["id"])
-    progress.add_event(session, row.id, "round_started", {"round": 0})
+    add_event(session, experiment_id=row.id, type="round_started", data={"round": 0})
     session.commit()
     client.post(f"/api/v1/experiments/{row.id}/cancel")
 

@@ -13,9 +13,9 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from backend.cli import main
-from backend.config import parse_config
-from workers.artifacts import RunPaths
-from workers.catalog import STRATEGIES
+from backend.core.catalog import STRATEGIES
+from backend.core.config import parse_config
+from backend.core.runs import RunPaths
 from workers.evaluation import eval_loss
 from workers.models import load_model
 from workers.runner import (

@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from backend.config import parse_config
-from backend.settings import get_settings
-from backend.store import Store
+from backend.core.config import parse_config
+from backend.core.runs import RunPaths
+from backend.core.settings import get_settings
+from backend.core.store import Store
 from tests.integration.test_runner import tiny
 from workers import runner
-from workers.artifacts import RunPaths
 
 
 @pytest.fixture

@@ -22,8 +22,10 @@ from typing import Any
 import torch
 
 from backend.cli import main
+from backend.core.runs import RunPaths
 from workers import runner
-from workers.artifacts import RunPaths, load_tensors, save_tensors
+from workers.artifacts import load_tensors, save_tensors
+from workers.runner import server, state
 
 
 def poisoned(tensors: dict[str, torch.Tensor], how: str) -> dict[str, torch.Tensor]:
@@ -57,7 +59,7 @@ def train_client(paths: RunPaths, round_num: int, client: int, on_step: Any = No
 
 
 def _hang_at(last: str) -> Any:
-    save = runner.save_tensors
+    save = state.save_tensors
 
     def save_or_hang(store: Any, key: str, tensors: Any, meta: Any = None) -> None:
         if key == last:
@@ -69,17 +71,17 @@ def _hang_at(last: str) -> Any:
     return save_or_hang
 
 
-_commit_state = runner._commit_state
+_commit_state = server.commit_state
 
 
 def commit_state(cfg: Any, paths: RunPaths, round_num: int, *rest: Any) -> None:
     if str(round_num) == os.environ.get("FAULT_HANG_ROUND"):
-        runner.save_tensors = _hang_at("server.safetensors")  # the state folder's last file
+        state.save_tensors = _hang_at(RunPaths.server_file)  # the state folder's last file
     _commit_state(cfg, paths, round_num, *rest)
 
 
 runner.train_client = train_client
-runner._commit_state = commit_state
+server.commit_state = commit_state
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -25,7 +25,7 @@ import pytest
 import yaml
 
 from backend.cli import build_parser
-from backend.settings import Settings
+from backend.core.settings import Settings
 from tests.helpers import free_port, postgres_schema, require_redis, unique
 from tests.service.conftest import Proc, Service
 

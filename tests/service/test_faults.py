@@ -23,7 +23,8 @@ import redis
 import torch
 from safetensors.torch import load
 
-from backend.settings import Settings
+from backend.core.broker import make_app
+from backend.core.settings import Settings
 from tests.helpers import free_port, postgres_schema
 from tests.service.conftest import Service, _env
 from tests.service.test_service import (
@@ -32,7 +33,6 @@ from tests.service.test_service import (
     assert_complete_and_exactly_once,
     expected_counts,
 )
-from workers.celery_app import make_app
 
 
 def run_dir(service: Service, experiment_id: str) -> Path:

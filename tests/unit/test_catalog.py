@@ -5,8 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from workers import catalog
-from workers.data import DATASETS
+from backend.core import catalog
+from backend.core.data import DATASETS
 from workers.federated import STRATEGIES
 from workers.models import BUILTIN_MODELS
 
@@ -19,6 +19,9 @@ def test_catalog_matches_the_implementations():
 
 
 def test_backend_config_and_catalog_import_no_torch():
-    code = "import sys, backend.config, backend.cli, workers.catalog; print('torch' in sys.modules)"
+    code = (
+        "import sys, backend.core.config, backend.cli, backend.core.catalog;"
+        "print('torch' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

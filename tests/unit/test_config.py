@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from backend.cli import main
-from backend.config import ConfigError, ExperimentConfig, load_config, parse_config
+from backend.core.config import ConfigError, ExperimentConfig, load_config, parse_config
 
 EXAMPLES = Path(__file__).parents[2] / "examples"
 

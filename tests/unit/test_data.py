@@ -1,4 +1,4 @@
-"""Datasets, partitions and tokenization of workers.data (offline, seeded, fast)."""
+"""Datasets, partitions and tokenization of backend.core.data (offline, seeded, fast)."""
 
 from __future__ import annotations
 
@@ -13,17 +13,9 @@ import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from workers.data import (
-    DATASETS,
-    Example,
-    TaskData,
-    collate,
-    load_dataset,
-    partition,
-    split_hash,
-    tokenize_example,
-)
-from workers.data.wordnet import load_wordnet
+from backend.core.data import DATASETS, Example, TaskData, load_dataset, partition, split_hash
+from backend.core.data.wordnet import load_wordnet
+from workers.encoding import collate, tokenize_example
 
 SEEDS = [0, 1, 7, 42]
 

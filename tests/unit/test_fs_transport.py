@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from kombu import Connection
 
-from workers import fs_transport
+from backend.core import fs_transport
 
 
 def _connection(folder: Path) -> Connection:

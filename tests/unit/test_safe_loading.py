@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from backend.settings import Settings
+from backend.core.broker import make_app
+from backend.core.settings import Settings
 from tests.helpers import REDIS_URL
-from workers.celery_app import make_app
 
 ROOT = Path(__file__).resolve().parents[2]
 SCANNED = ("backend", "workers", "migrations", "benchmarks")  # every shipped Python source

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from backend.settings import Settings
-from backend.store import Store
+from backend.core.settings import Settings
+from backend.core.store import Store
 
 
 @pytest.fixture(params=["local", "memory"])

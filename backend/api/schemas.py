@@ -1,0 +1,169 @@
+"""API schemas: one per direction (``...Create`` in, ``...Public`` out), lists as {data, count}."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from backend.core.config import ExperimentConfig, storable_text
+from backend.db.models import NO_INT, NO_LAYER, ExperimentStatus
+
+MAX_LIMIT = 500
+# The largest value the database's INTEGER columns hold: integer query parameters compared
+# with them stay within it (SQLite cannot even bind a larger Python int).
+MAX_INT = 2**31 - 1
+MAX_EVENT_ID = 2**63 - 1  # event ids are BIGINT
+
+# The request body of POST /experiments is the experiment config itself.
+ExperimentCreate = ExperimentConfig
+
+
+class ExperimentClone(BaseModel):
+    """Optional body of POST /experiments/{id}/clone."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(
+        None, min_length=1, max_length=200, description="default: '<name> (copy)'"
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _storable(cls, v: str | None) -> str | None:
+        return storable_text(v)
+
+
+class _FromORM(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+
+class ExperimentPublic(_FromORM):
+    """An experiment as the API shows it."""
+
+    id: str
+    name: str
+    status: ExperimentStatus
+    strategy: str
+    model: str
+    dataset: str
+    current_round: int
+    total_rounds: int
+    best_accuracy: float | None
+    error: str | None
+    config: dict[str, Any] = Field(description="the ExperimentConfig it was created with")
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class ExperimentsPublic(BaseModel):
+    data: list[ExperimentPublic]
+    count: int = Field(description="rows matching the filters (all pages)")
+
+
+class RoundPublic(_FromORM):
+    """One federated round; ``summary`` is the round record (accuracy, loss, bytes...)."""
+
+    round: int
+    status: str
+    started_at: datetime | None
+    finished_at: datetime | None
+    summary: dict[str, Any] | None
+
+
+class RoundsPublic(BaseModel):
+    data: list[RoundPublic]
+    count: int
+
+
+class AttemptPublic(_FromORM):
+    """One client's training attempt in a round (``attempt`` counts the round's retries)."""
+
+    round: int
+    client: int
+    attempt: int
+    ok: bool
+    n_examples: int
+    seconds: float
+    error: str | None
+
+
+class AttemptsPublic(BaseModel):
+    data: list[AttemptPublic]
+    count: int
+
+
+class MetricPublic(_FromORM):
+    """One metrics record; client, step and layer are null where they do not apply."""
+
+    id: int
+    kind: str
+    round: int
+    client: int | None
+    step: int | None
+    layer: str | None
+    values: dict[str, Any]
+
+    @field_validator("client", "step", mode="before")
+    @classmethod
+    def _no_int(cls, v: int | None) -> int | None:
+        return None if v == NO_INT else v
+
+    @field_validator("layer", mode="before")
+    @classmethod
+    def _no_layer(cls, v: str | None) -> str | None:
+        return None if v == NO_LAYER else v
+
+
+class MetricsPublic(BaseModel):
+    data: list[MetricPublic]
+    count: int
+
+
+class DiagnosticPublic(BaseModel):
+    """Diagnostics of one layer in one round (null: not defined for the strategy)."""
+
+    model_config = ConfigDict(extra="allow")  # future diagnostics pass through
+
+    round: int
+    layer: str
+    singular_values: list[float] | None = Field(None, description="of the exact update, descending")
+    kept_rank: int | None = None
+    residual_energy: float | None = None
+    naive_error: float | None = None
+    exactness_error: float | None = None
+    subspace_momentum: float | None = None
+
+
+class DiagnosticsPublic(BaseModel):
+    data: list[DiagnosticPublic]
+    count: int
+    layers: list[str] = Field(description="every layer with diagnostics in this experiment")
+
+
+class CatalogEntry(BaseModel):
+    name: str
+    description: str
+
+
+class CatalogPublic(BaseModel):
+    """What a form needs: the choices with descriptions, the defaults and the JSON schema."""
+
+    strategies: list[CatalogEntry]
+    models: list[CatalogEntry]
+    datasets: list[CatalogEntry]
+    partitions: list[str]
+    exports: list[CatalogEntry] = Field(description="download formats of a completed experiment")
+    defaults: dict[str, Any] = Field(description="ExperimentConfig() as JSON")
+    config_schema: dict[str, Any] = Field(description="JSON schema of ExperimentConfig")
+
+
+class HealthPublic(BaseModel):
+    status: Literal["ok", "error"]
+    database: str
+    auth: Literal["none", "writes", "all"] = Field(
+        "none", description="what needs the API token: nothing, writes and downloads, or all"
+    )
