@@ -1,10 +1,26 @@
-"""Names, one-line descriptions and defaults of strategies, models and datasets.
+"""Names, one-line descriptions and capabilities of strategies, models and datasets.
 
-Torch-free on purpose: the backend validates configs and serves the catalog from here
-without importing torch. The implementations check they match (tests/unit/test_catalog.py).
+Torch-free on purpose: configs are validated and the catalog is served from here without
+importing torch. The implementations (the math package, which imports nothing of the
+product) declare the same facts as behaviour; tests/unit/test_catalog.py checks they agree.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a strategy does with the LoRA factors, as its implementation declares it."""
+
+    trains: tuple[str, ...] = ("A", "B")  # factors the clients train
+    uploads: tuple[str, ...] = ("A", "B")  # factors the clients send
+    changes_backbone: bool = False  # merges (part of) the update into W
+    reinit_lora: bool = False  # clients start every round from a fresh LoRA
+    personalised: bool = False  # no single global model: evaluated per client
+    heterogeneous_ranks: bool = False  # clients may train different LoRA ranks
+
 
 STRATEGIES: dict[str, str] = {
     "fedmomentum": "SVD of the exact update: top r becomes the next LoRA, the residual goes into W (exact).",
@@ -14,6 +30,16 @@ STRATEGIES: dict[str, str] = {
     "flexlora": "SVD of the exact update truncated to each client's rank; the tail is dropped.",
     "fedex": "FedIT's averages plus the exact residual merged into W (exact).",
     "fedsa": "Share A only (averaged); every client keeps its own B (personalised).",
+}
+
+CAPABILITIES: dict[str, Capabilities] = {
+    "fedmomentum": Capabilities(changes_backbone=True, heterogeneous_ranks=True),
+    "fedit": Capabilities(),
+    "ffa": Capabilities(trains=("B",), uploads=("B",)),
+    "flora": Capabilities(changes_backbone=True, reinit_lora=True, heterogeneous_ranks=True),
+    "flexlora": Capabilities(heterogeneous_ranks=True),
+    "fedex": Capabilities(changes_backbone=True),
+    "fedsa": Capabilities(uploads=("A",), personalised=True),
 }
 
 MODELS: dict[str, str] = {

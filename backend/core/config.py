@@ -14,7 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from backend.core.catalog import DATASETS, MODELS, PARTITIONS, STRATEGIES
+from backend.core.catalog import CAPABILITIES, DATASETS, MODELS, PARTITIONS, STRATEGIES
 
 # The service's Celery queues (backend.core.broker routes by these). A silo's queue is its
 # name, so these, and Celery's own default queue, cannot name a silo.
@@ -230,14 +230,11 @@ class ExperimentConfig(_Strict):
     @model_validator(mode="after")
     def _strategy_fits(self) -> ExperimentConfig:
         ranks = self.federation.client_ranks
-        if (
-            ranks
-            and len(set(ranks)) > 1
-            and self.strategy not in ("flora", "flexlora", "fedmomentum")
-        ):
+        if ranks and len(set(ranks)) > 1 and not CAPABILITIES[self.strategy].heterogeneous_ranks:
+            able = ", ".join(n for n, c in CAPABILITIES.items() if c.heterogeneous_ranks)
             raise ValueError(
                 f"federation.client_ranks: strategy {self.strategy!r} needs equal ranks; "
-                "heterogeneous ranks: flora, flexlora, fedmomentum"
+                f"heterogeneous ranks: {able}"
             )
         return self
 

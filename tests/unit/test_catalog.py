@@ -18,6 +18,21 @@ def test_catalog_matches_the_implementations():
     assert all(BUILTIN_MODELS[n].description == d for n, d in catalog.MODELS.items())
 
 
+def test_capabilities_are_what_the_strategies_do():
+    assert set(catalog.CAPABILITIES) == set(STRATEGIES)
+    for name, declared in catalog.CAPABILITIES.items():
+        impl = STRATEGIES[name]
+        actual = catalog.Capabilities(
+            trains=tuple(impl.trains),
+            uploads=tuple(impl.uploads),
+            changes_backbone=impl.changes_backbone,
+            reinit_lora=impl.reinit_lora,
+            personalised=impl.personalised,
+            heterogeneous_ranks=impl.heterogeneous_ranks,
+        )
+        assert actual == declared, name
+
+
 def test_backend_config_and_catalog_import_no_torch():
     code = (
         "import sys, backend.core.config, backend.cli, backend.core.catalog;"

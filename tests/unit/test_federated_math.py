@@ -1,4 +1,4 @@
-"""Property tests of the aggregation core on seeded random shapes (shared/ALGORITHMS.md)."""
+"""Property tests of the aggregation core on seeded random shapes."""
 
 from __future__ import annotations
 

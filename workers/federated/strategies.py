@@ -1,4 +1,4 @@
-"""The seven aggregation strategies behind one interface (see shared/ALGORITHMS.md).
+"""The seven aggregation strategies behind one interface.
 
 A strategy turns the clients' LoRA factors of one layer into the next global adapter per
 rank group and, for strategies that change the backbone, a residual to merge into it.
