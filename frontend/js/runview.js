@@ -1,7 +1,8 @@
 // The view of one run: header, chart cards, rounds table, config and manifest. Shared by the
 // live detail page and the static report, so both show the same thing.
 import { badge, duration, fill, h, num, pct, progressOf, when } from "dom";
-import { RUN_CHARTS, draw, pointCount } from "charts";
+import { draw } from "charts";
+import { RUN_CHARTS, pointCount } from "figures";
 import { records } from "run-state";
 
 /** Name, status, what it runs and how far it got. */
