@@ -52,21 +52,33 @@ export function evalSeries(run, field) {
   return { x: rows.map((m) => m.round + 1), y: rows.map((m) => m.values[field]) };
 }
 
-/** A per-layer diagnostic: every layer's series and their mean, by round. */
-export function layerSeries(run, field) {
-  const layers = new Map();
+const given = (v) => v !== null && v !== undefined;
+
+/** The mean over layers of ``value(record)`` by round, skipping records where it is null. */
+function meanByRound(rows, value) {
   const sums = new Map();
-  for (const m of records(run, "diagnostics")) {
-    const v = m.values[field];
-    if (v === null || v === undefined) continue;
-    if (!layers.has(m.layer)) layers.set(m.layer, { x: [], y: [] });
-    layers.get(m.layer).x.push(m.round + 1);
-    layers.get(m.layer).y.push(v);
+  for (const m of rows) {
+    const v = value(m);
+    if (!given(v)) continue;
     const s = sums.get(m.round) ?? [0, 0];
     sums.set(m.round, [s[0] + v, s[1] + 1]);
   }
   const rounds = [...sums.keys()].sort((a, b) => a - b);
-  return { layers, mean: { x: rounds.map((r) => r + 1), y: rounds.map((r) => sums.get(r)[0] / sums.get(r)[1]) } };
+  return { x: rounds.map((r) => r + 1), y: rounds.map((r) => sums.get(r)[0] / sums.get(r)[1]) };
+}
+
+/** A per-layer diagnostic: every layer's series and their mean, by round. */
+export function layerSeries(run, field) {
+  const rows = records(run, "diagnostics");
+  const layers = new Map();
+  for (const m of rows) {
+    const v = m.values[field];
+    if (!given(v)) continue;
+    if (!layers.has(m.layer)) layers.set(m.layer, { x: [], y: [] });
+    layers.get(m.layer).x.push(m.round + 1);
+    layers.get(m.layer).y.push(v);
+  }
+  return { layers, mean: meanByRound(rows, (m) => m.values[field]) };
 }
 
 /** The LoRA rank of a client (per-client ranks when the config has them). */
@@ -245,7 +257,104 @@ function timelineFigure(run, opts) {
   };
 }
 
-/** The charts of the run view: id, title, help, log toggle default (undefined: no toggle). */
+// ---- rank advisor: how much rank the update needed -----------------------------------------
+
+/** The energy shares the advisor reports, as the diagnostics key them. */
+export const ENERGY_SHARES = ["0.9", "0.95", "0.99"];
+
+/** Running sums of S_j^2: entry k is the energy of the first k singular values. */
+function energyPrefix(singularValues) {
+  const prefix = [0];
+  for (const s of singularValues) prefix.push(prefix[prefix.length - 1] + s * s);
+  return prefix;
+}
+
+/** Share of the energy sum S_j^2 that the first ``rank`` singular values keep (1: no energy). */
+export function energyKept(singularValues, rank) {
+  const prefix = energyPrefix(singularValues);
+  const total = prefix[prefix.length - 1];
+  return total === 0 ? 1 : prefix[Math.min(Math.max(rank, 0), singularValues.length)] / total;
+}
+
+/**
+ * The smallest rank keeping each share of the energy, from singular values in descending
+ * order: {"0.9": k90, "0.95": k95, "0.99": k99}. An all-zero update needs rank 0.
+ */
+export function rankForEnergy(singularValues, shares = ENERGY_SHARES) {
+  const prefix = energyPrefix(singularValues);
+  const total = prefix[prefix.length - 1];
+  // prefix ends at total exactly and every share is <= 1, so findIndex always finds one.
+  return Object.fromEntries(shares.map((share) => [share, prefix.findIndex((e) => e >= Number(share) * total)]));
+}
+
+/** A diagnostics record's ranks for each share: recorded, or from its spectrum (older runs). */
+export function recordRanks(values) {
+  if (values.rank_for_energy) return values.rank_for_energy;
+  return values.singular_values ? rankForEnergy(values.singular_values) : null;
+}
+
+/** Mean over layers, by round: the rank each share needs, and the kept rank r. */
+export function rankSeries(run) {
+  const rows = records(run, "diagnostics")
+    .map((m) => ({ round: m.round, kept: m.values.kept_rank, ranks: recordRanks(m.values) })) // one pass per spectrum
+    .filter((m) => m.ranks !== null);
+  return {
+    shares: Object.fromEntries(ENERGY_SHARES.map((share) => [share, meanByRound(rows, (m) => m.ranks[share])])),
+    kept: meanByRound(rows, (m) => m.kept),
+  };
+}
+
+/** A share as a percentage with one decimal, never rounded up to a 100% it did not reach. */
+export function shareText(share) {
+  const p = Math.round(share * 1000) / 10;
+  return p === 100 && share < 1 ? "over 99.9%" : `${p}%`;
+}
+
+/** Share of the energy the kept rank carried: recorded, or from the spectrum (older runs). */
+function keptShare(values) {
+  if (given(values.kept_energy)) return values.kept_energy;
+  return values.singular_values && given(values.kept_rank) ? energyKept(values.singular_values, values.kept_rank) : null;
+}
+
+const mean = (xs) => xs.reduce((a, b) => a + b, 0) / xs.length;
+
+/**
+ * One sentence on the latest round with a spectrum: the share of its update the kept rank r
+ * carried, and the share rank r/2 would have (from the singular values), means over layers.
+ * Null when no round has one.
+ */
+export function rankAdvice(run) {
+  const rows = records(run, "diagnostics").filter((m) => given(m.values.kept_rank) && keptShare(m.values) !== null);
+  if (!rows.length) return null;
+  const last = rows.filter((m) => m.round === rows[rows.length - 1].round);
+  const r = Math.max(...last.map((m) => m.values.kept_rank));
+  const said = `rank ${r} kept ${shareText(mean(last.map((m) => keptShare(m.values))))} of round ${last[0].round + 1}'s update`;
+  const spectra = last.map((m) => m.values.singular_values).filter(Boolean);
+  const half = Math.floor(r / 2);
+  if (half < 1 || !spectra.length) return `${said}.`;
+  return `${said}; rank ${half} would have kept ${shareText(mean(spectra.map((s) => energyKept(s, half))))}.`;
+}
+
+/** Ranks needed for 90, 95 and 99% of each round's update energy, and the kept rank dashed. */
+function rankFigure(run, opts) {
+  const s = rankSeries(run);
+  const colors = [PALETTE[2], PALETTE[0], PALETTE[4]];
+  const data = ENERGY_SHARES.map((share, i) => {
+    const name = `${Math.round(Number(share) * 100)}% of the energy`;
+    return line(`rank-${share}`, `rank for ${name}`, s.shares[share].x, s.shares[share].y, {
+      line: { width: 2, color: colors[i] },
+      hovertemplate: `${name}<br>round %{x}: rank %{y:.3g}<extra></extra>`,
+    });
+  });
+  data.push(line("kept-rank", "kept rank r", s.kept.x, s.kept.y, {
+    mode: "lines", line: { width: 1.5, color: "#dc2626", dash: "dash" },
+    hovertemplate: "kept rank<br>round %{x}: r = %{y:.3g}<extra></extra>",
+  }));
+  return roundTicks({ data, layout: layout("round", "rank (mean over layers)", opts) });
+}
+
+/** The charts of the run view: id, title, help, log toggle default (undefined: no toggle),
+ * note: a sentence under the chart (a pure function of the run, null for none). */
 export const RUN_CHARTS = [
   { id: "accuracy", title: "Eval accuracy", build: (run, o) => evalFigure(run, "accuracy", o),
     help: "Held-out accuracy of the global model after each round." },
@@ -256,6 +365,9 @@ export const RUN_CHARTS = [
   { id: "spectrum", title: "Singular value spectrum", log: true, layers: true, build: spectrumFigure,
     empty: "No spectrum: this strategy does not take an SVD of the exact update.",
     help: "Singular values of the exact update Σ p_i B_i A_i per round; the first r are kept as the next LoRA." },
+  { id: "rank-advisor", title: "Rank advisor", log: false, build: rankFigure, note: rankAdvice,
+    empty: "No rank advice: this strategy does not take an SVD of the exact update.",
+    help: "The smallest rank keeping 90, 95 and 99% of each round's update energy Σ σ_j², against the kept rank r." },
   { id: "residual", title: "Residual energy", log: true,
     build: (run, o) => layerFigure(run, "residual_energy", "‖R‖² / ‖M‖²", o),
     empty: "No residual: this strategy keeps no rank-r cut.",

@@ -41,9 +41,10 @@ function chartCard(chart, live, refresh) {
       on: { change: () => { state.log = box.checked; refresh(); } } });
     controls.append(h("label.toggle", { title: "logarithmic y axis" }, box, "log"));
   }
+  const note = chart.note ? h(`p.note#note-${chart.id}`) : null;
   const card = h("section.card.chart", { dataset: { chart: chart.id } },
-    h("header", {}, h("h3", {}, chart.title), controls), h("p.help", {}, chart.help), empty, graph);
-  return { chart, state, graph, empty, select, card, live };
+    h("header", {}, h("h3", {}, chart.title), controls), h("p.help", {}, chart.help), empty, graph, note);
+  return { chart, state, graph, empty, select, note, card, live };
 }
 
 /** Chart cards of ``run`` in ``root``; returns update(), which appends what is new. */
@@ -64,6 +65,7 @@ export function runCharts(root, run, { live = false } = {}) {
       } else {
         draw(c.graph, fig);
       }
+      if (c.note) c.note.textContent = n === 0 ? "" : c.chart.note(run) ?? "";
     }
   };
   for (const chart of RUN_CHARTS) cards.push(chartCard(chart, live, update));

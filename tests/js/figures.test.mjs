@@ -3,7 +3,8 @@ import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 
 import {
-  COMPARE_CHARTS, PALETTE, RUN_CHARTS, bytesSeries, compareFigure, evalSeries, layerSeries, pointCount, roundSeconds,
+  COMPARE_CHARTS, ENERGY_SHARES, PALETTE, RUN_CHARTS, bytesSeries, compareFigure, energyKept, evalSeries,
+  layerSeries, pointCount, rankAdvice, rankForEnergy, rankSeries, recordRanks, roundSeconds, shareText,
 } from "figures";
 import { applyEvent, runFromRecords } from "run-state";
 
@@ -124,10 +125,12 @@ describe("run charts", () => {
     assert.equal(figure("accuracy", run([rec("eval", -1, { accuracy: 0.5 })])).layout.xaxis.dtick, 1);
   });
 
-  test("a strategy without an SVD has an empty spectrum chart", () => {
+  test("a strategy without an SVD has empty spectrum and rank charts", () => {
     const r = run([diag(0, "q", { singular_values: null, kept_rank: 2, naive_error: 0.3 })]);
     assert.equal(pointCount(figure("spectrum", r)), 0);
+    assert.equal(pointCount(figure("rank-advisor", r)), 0);
     assert.equal(pointCount(figure("naive-error", r)), 2); // the layer and the mean
+    assert.equal(rankAdvice(r), null);
   });
 });
 
@@ -148,5 +151,63 @@ describe("compare", () => {
     const fig = compareFigure([run(SPECTRA)], COMPARE_CHARTS.find((c) => c.id === "residual"), { log: true });
     close(fig.data[0].y, [0.2, 0.3]);
     assert.equal(fig.layout.yaxis.type, "log");
+  });
+});
+
+describe("rank advisor", () => {
+  test("the smallest rank keeping each share of the energy", () => {
+    // Energies 16, 4, 1, 1 of 22: 90% needs 19.8 (rank 2), 95% 20.9 (3), 99% 21.78 (4).
+    assert.deepEqual(rankForEnergy([4, 2, 1, 1]), { 0.9: 2, 0.95: 3, 0.99: 4 });
+    assert.deepEqual(rankForEnergy([3, 1], ["0.9"]), { 0.9: 1 }); // exactly 90% is enough
+    assert.deepEqual(rankForEnergy([5, 0, 0]), { 0.9: 1, 0.95: 1, 0.99: 1 });
+    assert.deepEqual(rankForEnergy([0, 0]), { 0.9: 0, 0.95: 0, 0.99: 0 }); // nothing to keep
+    assert.deepEqual(Object.keys(rankForEnergy([1])), ENERGY_SHARES);
+  });
+
+  test("the share of the energy the first k singular values keep", () => {
+    assert.equal(energyKept([4, 2, 1, 1], 2), 20 / 22);
+    assert.equal(energyKept([4, 2, 1, 1], 0), 0);
+    assert.equal(energyKept([4, 2, 1, 1], 9), 1);
+    assert.equal(energyKept([0, 0], 1), 1);
+  });
+
+  test("recorded ranks win over the ones computed from the spectrum", () => {
+    const recorded = { 0.9: 1, 0.95: 1, 0.99: 2 };
+    assert.deepEqual(recordRanks({ singular_values: [4, 2, 1, 1], rank_for_energy: recorded }), recorded);
+    assert.deepEqual(recordRanks({ singular_values: [4, 2, 1, 1] }), { 0.9: 2, 0.95: 3, 0.99: 4 });
+    assert.equal(recordRanks({ singular_values: null }), null);
+  });
+
+  test("ranks by round are means over layers, the kept rank beside them", () => {
+    // Round 0: q needs 2, 3, 4 and v 1, 1, 1; round 1 the same spectra in shape.
+    const s = rankSeries(run(SPECTRA));
+    assert.deepEqual(s.shares["0.9"], { x: [1, 2], y: [1.5, 1.5] });
+    assert.deepEqual(s.shares["0.95"].y, [2, 2]);
+    assert.deepEqual(s.shares["0.99"].y, [2.5, 2.5]);
+    assert.deepEqual(s.kept, { x: [1, 2], y: [2, 2] });
+  });
+
+  test("the rank chart: three shares and the kept rank dashed", () => {
+    const fig = figure("rank-advisor", run(SPECTRA));
+    assert.deepEqual(fig.data.map((t) => t.uid), ["rank-0.9", "rank-0.95", "rank-0.99", "kept-rank"]);
+    assert.deepEqual(fig.data.map((t) => t.name),
+      ["rank for 90% of the energy", "rank for 95% of the energy", "rank for 99% of the energy", "kept rank r"]);
+    assert.deepEqual(byUid(fig, "rank-0.99").y, [2.5, 2.5]);
+    assert.equal(byUid(fig, "kept-rank").line.dash, "dash");
+    assert.equal(RUN_CHARTS.find((c) => c.id === "rank-advisor").note, rankAdvice);
+  });
+
+  test("the sentence: what rank r kept of the latest round, what r/2 would have", () => {
+    // Round 1 at rank 2: q keeps 20/22, v all; at rank 1, q keeps 16/22, v all.
+    assert.equal(rankAdvice(run(SPECTRA)), "rank 2 kept 95.5% of round 2's update; rank 1 would have kept 86.4%.");
+    // A recorded kept_energy is used as it is; r/2 still comes from the singular values.
+    const recorded = SPECTRA.map((m) => ({ ...m, values: { ...m.values, kept_energy: 0.97 } }));
+    assert.equal(rankAdvice(run(recorded)), "rank 2 kept 97% of round 2's update; rank 1 would have kept 86.4%.");
+    const rank1 = [diag(0, "q", { singular_values: [3, 1], kept_rank: 1 })];
+    assert.equal(rankAdvice(run(rank1)), "rank 1 kept 90% of round 1's update."); // no rank 0.5 to offer
+  });
+
+  test("shares print with one decimal and never round up to 100%", () => {
+    assert.deepEqual([0.97, 0.9993, 0.99996, 1, 0].map(shareText), ["97%", "99.9%", "over 99.9%", "100%", "0%"]);
   });
 });
