@@ -341,7 +341,7 @@ function rankFigure(run, opts) {
   const colors = [PALETTE[2], PALETTE[0], PALETTE[4]];
   const data = ENERGY_SHARES.map((share, i) => {
     const name = `${Math.round(Number(share) * 100)}% of the energy`;
-    return line(`rank-${share}`, `rank for ${name}`, s.shares[share].x, s.shares[share].y, {
+    return line(`rank-${share}`, name, s.shares[share].x, s.shares[share].y, { // short: one legend row
       line: { width: 2, color: colors[i] },
       hovertemplate: `${name}<br>round %{x}: rank %{y:.3g}<extra></extra>`,
     });

@@ -191,7 +191,7 @@ describe("rank advisor", () => {
     const fig = figure("rank-advisor", run(SPECTRA));
     assert.deepEqual(fig.data.map((t) => t.uid), ["rank-0.9", "rank-0.95", "rank-0.99", "kept-rank"]);
     assert.deepEqual(fig.data.map((t) => t.name),
-      ["rank for 90% of the energy", "rank for 95% of the energy", "rank for 99% of the energy", "kept rank r"]);
+      ["90% of the energy", "95% of the energy", "99% of the energy", "kept rank r"]);
     assert.deepEqual(byUid(fig, "rank-0.99").y, [2.5, 2.5]);
     assert.equal(byUid(fig, "kept-rank").line.dash, "dash");
     assert.equal(RUN_CHARTS.find((c) => c.id === "rank-advisor").note, rankAdvice);
