@@ -24,7 +24,8 @@ from backend.api.schemas import (
     ExperimentsPublic,
 )
 from backend.core.catalog import STRATEGIES
-from backend.core.checks import check_feasible
+from backend.core.checks import check_feasible, server_paths
+from backend.core.config import ExperimentConfig
 from backend.core.runs import remove_run_dir
 from backend.core.settings import Settings
 from backend.db import experiments as crud
@@ -51,8 +52,16 @@ def _dispatch(settings: Settings, session: SessionDep, experiment: Experiment) -
     session.refresh(experiment)
 
 
-def _check(config: ExperimentCreate) -> None:
-    problems = check_feasible(config)
+def checked(config: ExperimentConfig, settings: Settings) -> ExperimentConfig:
+    """The config as the server will run it (paths made absolute), or a 422 naming every
+    field that names something outside the server's roots or cannot run on its data."""
+    config, problems = server_paths(
+        config,
+        model_roots=settings.model_root_dirs,
+        data_roots=settings.data_root_dirs,
+        allow_hub=settings.allow_hub,
+    )
+    problems = problems or check_feasible(config)  # never load a file the roots refuse
     if problems:
         raise RequestValidationError(
             [
@@ -60,6 +69,7 @@ def _check(config: ExperimentCreate) -> None:
                 for loc, msg in problems
             ]
         )
+    return config
 
 
 @router.post(
@@ -73,8 +83,7 @@ def create_experiment(
     response: Response,
 ) -> Experiment:
     """Validate an experiment config, store it as a queued experiment and start it."""
-    _check(config)
-    experiment = crud.create_experiment(session, config=config)
+    experiment = crud.create_experiment(session, config=checked(config, settings))
     _dispatch(settings, session, experiment)
     response.headers["Location"] = str(
         request.url_for("read_experiment", experiment_id=experiment.id)

@@ -1,19 +1,72 @@
-"""Checks of a valid config against its data, done before an experiment is stored.
+"""Checks of a valid config against the server and its data, done before an experiment from
+an API request is stored.
 
-ExperimentConfig checks each field alone; here the dataset is loaded (torch-free, cached for
-built-ins) to check what needs its size, so a bad experiment fails at submission instead of
-in its first round.
+ExperimentConfig checks each field alone. ``server_paths`` confines what a request may name
+by path to the configured roots (the answer is the same whether a path exists or not, so a
+caller learns nothing about the server's disks) and hub ids to servers that allow them;
+``check_feasible`` loads the dataset (torch-free, cached for built-ins) to check what needs
+its size, so a bad experiment fails at submission instead of in its first round.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from functools import lru_cache
+from pathlib import Path
 
-from backend.core.catalog import DATASETS
+from backend.core.catalog import DATASETS, MODELS
 from backend.core.config import ExperimentConfig
 from backend.core.data import load_dataset
 
 Problem = tuple[tuple[str, ...], str]  # (field path, message)
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # org/name, as the hub spells them
+
+
+def _under(value: str, roots: Sequence[Path], *, folder: bool) -> Path | None:
+    """The real path ``value`` names inside one of ``roots`` (relative values are relative to
+    each root; symlinks resolved), if it is an existing folder (or file); else None."""
+    for root in roots:
+        base = root.resolve()
+        real = (base / value).resolve()  # an absolute value replaces the base
+        if real.is_relative_to(base) and (real.is_dir() if folder else real.is_file()):
+            return real
+    return None
+
+
+def server_paths(
+    config: ExperimentConfig,
+    *,
+    model_roots: Sequence[Path],
+    data_roots: Sequence[Path],
+    allow_hub: bool,
+) -> tuple[ExperimentConfig, list[Problem]]:
+    """The config with its model and dataset paths made absolute, and the problems: a path
+    outside the roots (or missing: the same message), a hub id the server does not allow."""
+    problems: list[Problem] = []
+    update: dict[str, str] = {}
+    model, dataset = config.model, config.dataset
+    if model not in MODELS:
+        real = _under(model, model_roots, folder=True)
+        if real is not None:
+            update["model"] = str(real)
+        elif not (allow_hub and HUB_ID.fullmatch(model)):
+            roots = ", ".join(str(r) for r in model_roots)
+            hub = "" if allow_hub else " (hub ids need FEDMOMENTUM_ALLOW_HUB on the server)"
+            why = f"model {model!r} is neither a built-in model nor a model directory under "
+            problems.append((("model",), f"{why}the server's model roots ({roots}){hub}"))
+    if dataset not in DATASETS:
+        if dataset.startswith("hf:"):
+            if not allow_hub:
+                why = "hf: datasets need FEDMOMENTUM_ALLOW_HUB on the server"
+                problems.append((("dataset",), why))
+        elif (real := _under(dataset, data_roots, folder=False)) is not None:
+            update["dataset"] = str(real)
+        else:
+            roots = ", ".join(str(r) for r in data_roots)
+            why = f"dataset {dataset!r} is neither a built-in dataset nor a file under "
+            problems.append((("dataset",), f"{why}the server's data roots ({roots})"))
+    return config.model_copy(update=update), problems
 
 
 @lru_cache(maxsize=64)

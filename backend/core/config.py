@@ -205,10 +205,13 @@ class ExperimentConfig(_Strict):
     @field_validator("model")
     @classmethod
     def _model(cls, v: str) -> str:
-        if v in MODELS or Path(v).is_dir() or "/" in v:  # built-in, local dir, or a hub id
+        # No filesystem look-up here: whether a path exists is the loader's business (and a
+        # server must not tell an API caller which of its paths exist; backend.core.checks).
+        if v in MODELS or "/" in v:  # built-in, a local directory, or a hub id
             return v
         raise ValueError(
-            f"unknown model {v!r}; built-in: {', '.join(MODELS)}, or a local model directory"
+            f"unknown model {v!r}; built-in: {', '.join(MODELS)}; or a local model directory (a "
+            "path with a '/', e.g. ./my-model) or a hub id (org/name)"
         )
 
     @field_validator("dataset")

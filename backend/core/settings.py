@@ -72,6 +72,12 @@ class Settings(BaseSettings):
     # make the process poll the database thousands of times a second.
     max_body_bytes: int = Field(1 << 20, gt=0)
     max_event_streams_per_client: int = Field(100, ge=0)
+    # What an API request may name by path (JSON lists of folders; symlinks are resolved, so
+    # a link inside a root to a file outside it is refused). Default: data_dir/models and
+    # data_dir/datasets. The CLI's in-process `run` is a local user and may use any path.
+    model_roots: list[Path] = []
+    data_roots: list[Path] = []
+    allow_hub: bool = False  # API requests may name hub models and hf: datasets (online)
 
     @property
     def runs_dir(self) -> Path:
@@ -98,6 +104,16 @@ class Settings(BaseSettings):
     def runs_store(self) -> Store:
         """The artifact store folder that holds one run directory per experiment."""
         return Store(self.artifact_url or self.runs_dir, self.artifact_options)
+
+    @property
+    def model_root_dirs(self) -> list[Path]:
+        """Folders an API request may name a model directory in."""
+        return self.model_roots or [self.data_dir / "models"]
+
+    @property
+    def data_root_dirs(self) -> list[Path]:
+        """Folders an API request may name a dataset file in."""
+        return self.data_roots or [self.data_dir / "datasets"]
 
     @property
     def broker_dir(self) -> Path:
