@@ -14,15 +14,16 @@ round t's evaluation is of the model after t + 1 rounds):
 - AUC: the area under the mean accuracy curve, trapezoids between evaluations, x in rounds
   trained (the initial evaluation at 0), divided by the rounds it spans: the run's average
   accuracy, 1.0 at most. Comparable between cells with the same number of rounds.
-- bytes up/down and wall time: totals over a run's rounds (wall time: the sum of its
-  rounds' ``round_seconds``; the initial evaluation is not counted), mean over seeds.
+- bytes up/down and wall time: totals over a run's rounds, mean over seeds. Up: every
+  client's upload; down: every sampled client's download of its rank group's adapter. Wall
+  time: the sum of the rounds' ``round_seconds`` (the initial evaluation is not counted).
 - rank advisor: the mean over layers and seeds of the last round's ``rank_for_energy["0.99"]``
   (the rank that would have kept 99% of the update's energy); None where not recorded.
 - within noise: two neighbouring rows (sorted by final mean) are flagged when their final
-  means differ by less than their seed spread, the larger of their two sample standard
-  deviations: such a difference is smaller than the seed-to-seed variation of either cell
-  and is no evidence of an order. It is None (cannot tell) when either cell has fewer than
-  two finished seeds, so no spread is measured.
+  means differ by no more than their seed spread, the larger of their two sample standard
+  deviations: such a difference is within the seed-to-seed variation of either cell and is
+  no evidence of an order (equal means always are). It is None (cannot tell) when either
+  cell has fewer than two seeds with an evaluation, so no spread is measured.
 
 While a sweep runs, runs of one cell may have reached different rounds: the curves are over
 the runs that have each round (``n`` per point) and "final" is each run's latest round.
@@ -31,7 +32,7 @@ the runs that have each round (``n`` per point) and "final" is each run's latest
 from __future__ import annotations
 
 import statistics
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,7 +47,7 @@ class RunMetrics:
     label: str  # the run's cell
     seed: int
     evals: dict[int, dict[str, float]]  # round -> {"accuracy": ..., "eval_loss": ...}
-    rounds: dict[int, dict[str, Any]]  # round -> {"bytes_up", "bytes_down", "round_seconds"}
+    rounds: dict[int, dict[str, Any]]  # round -> totals {"bytes_up", "bytes_down", "round_seconds"}
     diagnostics: dict[int, list[dict[str, Any]]] = field(default_factory=dict)  # round -> layers
 
 
@@ -82,22 +83,55 @@ class Row:
     eval_loss: list[Point]
     within_noise_of_next: bool | None = None  # this row and the one below it
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Row:
+        """A row back from its JSON form (``dataclasses.asdict``)."""
+        curves = {k: [Point(**p) for p in data[k]] for k in ("accuracy", "eval_loss")}
+        return cls(**{**data, **curves})
 
-def from_records(label: str, seed: int, records: Iterable[Mapping[str, Any]]) -> RunMetrics:
+
+def from_records(
+    label: str,
+    seed: int,
+    records: Iterable[Mapping[str, Any]],
+    client_ranks: Sequence[int] | None = None,
+) -> RunMetrics:
     """A run's metrics from its records (metrics.jsonl lines or stored metric rows as
-    ``{"kind", "round", "layer", ...values}``); other kinds are ignored."""
+    ``{"kind", "round", "layer", ...values}``); other kinds are ignored. ``client_ranks``
+    (client -> LoRA rank) prices each client's download at its rank group's size; without it
+    every client must be in the one rank group."""
     evals: dict[int, dict[str, float]] = {}
     rounds: dict[int, dict[str, Any]] = {}
     diagnostics: dict[int, list[dict[str, Any]]] = {}
     for r in records:
         t = int(r["round"])
         if r["kind"] == "eval":
-            evals[t] = {k: r[k] for k in ("accuracy", "eval_loss") if k in r}
+            evals[t] = {k: r[k] for k in ("accuracy", "eval_loss") if r.get(k) is not None}
         elif r["kind"] == "round":
-            rounds[t] = dict(r)
+            rounds[t] = round_totals(r, client_ranks)
         elif r["kind"] == "diagnostics":
             diagnostics.setdefault(t, []).append(dict(r))
     return RunMetrics(label, seed, evals, rounds, diagnostics)
+
+
+def round_totals(record: Mapping[str, Any], client_ranks: Sequence[int] | None) -> dict[str, Any]:
+    """A round record's traffic as totals: its ``bytes_up`` is per client, its
+    ``bytes_down`` per rank group (what each client of the group downloads), and every client
+    sampled in the round downloads (as the dashboard counts it)."""
+    down: Mapping[str, int] = {str(k): v for k, v in (record.get("bytes_down") or {}).items()}
+    if client_ranks is None and len(down) > 1:
+        raise ValueError(
+            f"round {record['round']}: {len(down)} rank groups; client_ranks is needed"
+        )
+    per_client = [
+        down.get(str(client_ranks[c]), 0) if client_ranks else next(iter(down.values()), 0)
+        for c in record.get("clients") or []
+    ]
+    return {
+        "bytes_up": sum((record.get("bytes_up") or {}).values()),
+        "bytes_down": sum(per_client),
+        "round_seconds": record.get("round_seconds") or 0.0,
+    }
 
 
 def _mean(values: list[float]) -> float | None:
@@ -153,7 +187,7 @@ def rounds_to_reach(points: list[Point], target: float | None) -> int | None:
 
 
 def _total(run: RunMetrics, key: str) -> float:
-    return float(sum(r.get(key) or 0 for r in run.rounds.values()))
+    return float(sum(r[key] for r in run.rounds.values()))
 
 
 def rank_advice(run: RunMetrics) -> list[float]:
@@ -201,12 +235,12 @@ def _row(label: str, runs: list[RunMetrics]) -> Row:
 
 
 def within_noise(a: Row, b: Row) -> bool | None:
-    """Whether two rows' final means differ by less than the larger seed std (None: a row
+    """Whether two rows' final means differ by no more than the larger seed std (None: a row
     has no measured spread or no final accuracy)."""
     if None in (a.final_mean, b.final_mean, a.final_std, b.final_std):
         return None
     spread = max(a.final_std, b.final_std)  # type: ignore[type-var]
-    return abs(a.final_mean - b.final_mean) < spread  # type: ignore[operator]
+    return abs(a.final_mean - b.final_mean) <= spread  # type: ignore[operator]
 
 
 def _order(row: Row) -> tuple[bool, float, str]:
@@ -265,7 +299,7 @@ def to_markdown(rows: list[Row]) -> str:
         for i, r in enumerate(rows)
     ]
     legend = (
-        "\n≈: final means of this row and a neighbour differ by less than the larger seed "
+        "\n≈: final means of this row and a neighbour differ by no more than the larger seed "
         "standard deviation (not evidence of an order); ?: a neighbour has one seed, no spread "
         "measured. Final accuracy: mean ± sample std over seeds; rounds to best: rounds until "
         "the mean curve first reaches the best final mean; AUC: mean accuracy over the rounds.\n"

@@ -268,11 +268,26 @@ def label(cell: dict[str, Any]) -> str:
     return ", ".join([cell["strategy"], *rest])
 
 
+def run_name(sweep_name: str, cell_label: str, seed: int) -> str:
+    """An experiment's name in a sweep; ``parse_run_name`` reads it back."""
+    return f"{sweep_name} / {cell_label} / seed {seed}"
+
+
+def parse_run_name(sweep_name: str, name: str) -> tuple[str, int] | None:
+    """(cell label, seed) of an experiment named by ``run_name`` (None: not of this sweep).
+    The name is the one record of a run's cell that survives a change to the schema."""
+    head, sep, seed = name.rpartition(" / seed ")
+    prefix = f"{sweep_name} / "
+    if not sep or not seed.isdigit() or not head.startswith(prefix):
+        return None
+    return head.removeprefix(prefix), int(seed)
+
+
 def _cell_config(spec: SweepSpec, cell: dict[str, Any], seed: int) -> dict[str, Any]:
     data = dict(spec.base)
     for path, value in cell.items():
         data = _with(data, path, value)
-    return {**data, "seed": seed, "name": f"{spec.name} / {label(cell)} / seed {seed}"}
+    return {**data, "seed": seed, "name": run_name(spec.name, label(cell), seed)}
 
 
 def _cell_problems(spec: SweepSpec, all_cells: list[dict[str, Any]]) -> list[Problem]:

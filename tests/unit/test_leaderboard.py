@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import math
+from dataclasses import asdict
 
 import pytest
 
-from backend.core.leaderboard import Point, auc, from_records, leaderboard, to_markdown
+from backend.core.leaderboard import Point, Row, auc, from_records, leaderboard, to_markdown
 
 
-def _records(accuracy, *, up=100, down=200, seconds=1.0, ranks=None, kept=None):
-    """metrics.jsonl-style records of one run: accuracy per round from -1, the same bytes
-    and seconds every round, diagnostics of two layers at every round when given."""
+def _records(accuracy, *, up=(40, 60), down=100, seconds=1.0, ranks=None, kept=None):
+    """metrics.jsonl records of one run as the runner writes them: accuracy per round from
+    -1; every round clients 0 and 1 upload ``up`` bytes and each downloads the rank-4 group's
+    ``down``; diagnostics of two layers at every round when given."""
     out = [{"kind": "client_step", "round": 0, "client": 0, "step": 0, "loss": 9.0}]
     for t, acc in enumerate(accuracy, start=-1):
         out.append({"kind": "eval", "round": t, "accuracy": acc, "eval_loss": 1 - acc})
@@ -21,8 +24,9 @@ def _records(accuracy, *, up=100, down=200, seconds=1.0, ranks=None, kept=None):
             {
                 "kind": "round",
                 "round": t,
-                "bytes_up": up,
-                "bytes_down": down,
+                "clients": [0, 1],
+                "bytes_up": {"0": up[0], "1": up[1]},
+                "bytes_down": {"4": down},
                 "round_seconds": seconds,
             }
         )
@@ -44,15 +48,17 @@ def _runs():
             0,
             _records(
                 [0.1, 0.5, 0.7],
-                up=100,
-                down=200,
+                up=(40, 60),
+                down=100,
                 seconds=2.0,
                 ranks=[[2, 2], [3, 5]],
                 kept=[[1.0, 1.0], [0.9, 0.7]],
             ),
         ),
         from_records(
-            "A", 1, _records([0.1, 0.6, 0.9], up=150, down=250, seconds=3.0, ranks=[[1, 1], [4, 8]])
+            "A",
+            1,
+            _records([0.1, 0.6, 0.9], up=(70, 80), down=125, seconds=3.0, ranks=[[1, 1], [4, 8]]),
         ),
         # B: finals 0.7, 0.8 -> mean 0.75, std sqrt(0.005) = 0.070711
         from_records("B", 0, _records([0.1, 0.8, 0.7])),
@@ -119,8 +125,8 @@ def test_auc_of_uneven_rounds_and_of_one_point():
 
 def test_bytes_and_wall_time_are_run_totals_averaged_over_seeds():
     a, b, _, _ = leaderboard(_runs())
-    assert a.bytes_up == pytest.approx((200 + 300) / 2)  # 2 rounds of 100, of 150
-    assert a.bytes_down == pytest.approx((400 + 500) / 2)
+    assert a.bytes_up == pytest.approx((200 + 300) / 2)  # 2 rounds of 40 + 60, of 70 + 80
+    assert a.bytes_down == pytest.approx((400 + 500) / 2)  # 2 rounds x 2 clients x 100, x 125
     assert a.wall_seconds == pytest.approx((4.0 + 6.0) / 2)
     assert (b.bytes_up, b.bytes_down, b.wall_seconds) == (200, 400, 2.0)
 
@@ -149,6 +155,12 @@ def test_neighbours_within_seed_spread_are_flagged():
     assert d.within_noise_of_next is None  # the last row has no next
 
 
+def test_equal_means_without_spread_are_within_noise():
+    runs = [from_records(x, s, _records([0.1, 0.5])) for x in ("X", "Y") for s in (0, 1)]
+    x, y = leaderboard(runs)
+    assert (x.final_std, y.final_std, x.within_noise_of_next) == (0.0, 0.0, True)
+
+
 def test_a_running_cell_uses_each_runs_latest_round():
     runs = [
         from_records("A", 0, _records([0.1, 0.5, 0.7])),
@@ -170,3 +182,24 @@ def test_markdown_table():
     assert lines[3].startswith("| 2 ≈ | B | 2 | 2 | 0.750 ± 0.071 | 0.800 | – | 0.588 |")
     assert lines[4].startswith("| 3 ? | C |") and lines[5].startswith("| 4 ? | D | 1 | 2 | 0.100 |")
     assert "≈: final means" in text
+
+
+def test_rows_survive_json():
+    rows = leaderboard(_runs())
+    back = [Row.from_dict(json.loads(json.dumps(asdict(r)))) for r in rows]
+    assert back == rows
+
+
+def test_downloads_are_priced_per_rank_group():
+    record = {
+        "kind": "round",
+        "round": 0,
+        "clients": [0, 1, 2],
+        "bytes_up": {"0": 10, "1": 20, "2": 30},
+        "bytes_down": {"4": 100, "8": 200},
+        "round_seconds": 1.0,
+    }
+    run = from_records("H", 0, [record], client_ranks=[8, 4, 8])
+    assert run.rounds[0] == {"bytes_up": 60, "bytes_down": 200 + 100 + 200, "round_seconds": 1.0}
+    with pytest.raises(ValueError, match="round 0: 2 rank groups; client_ranks is needed"):
+        from_records("H", 0, [record])

@@ -9,6 +9,7 @@ from backend.core.sweeps import (
     SweepError,
     expand,
     leaf_paths,
+    parse_run_name,
     parse_sweep,
 )
 from workers.catalog import STRATEGIES
@@ -187,3 +188,10 @@ def test_the_spec_shape_is_checked(data, message):
     with pytest.raises(SweepError) as e:
         parse_sweep(data)
     assert message in str(e.value)
+
+
+def test_a_runs_name_gives_back_its_cell_and_seed():
+    runs = expand(_sweep(seeds=[0, 12], strategies=["fedit"], grid={"lora.rank": [4, 8]}))
+    assert [parse_run_name("cmp", r.config.name) for r in runs] == [(r.label, r.seed) for r in runs]
+    assert parse_run_name("other", runs[0].config.name) is None
+    assert parse_run_name("cmp", "cmp / fedit / seed x") is None
