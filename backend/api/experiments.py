@@ -39,7 +39,7 @@ Strategy = Literal[tuple(STRATEGIES)]  # type: ignore[valid-type]
 Sort = Literal[crud.SORTS]  # type: ignore[valid-type]
 
 
-def _dispatch(settings: Settings, session: SessionDep, experiment: Experiment) -> None:
+def dispatch_stored(settings: Settings, session: SessionDep, experiment: Experiment) -> None:
     """Send the new experiment to the workers. If the broker is down it stays queued and the
     reconciler sends it later; the API does not fail a request it has stored."""
     try:
@@ -75,7 +75,7 @@ def create_experiment(
     """Validate an experiment config, store it as a queued experiment and start it."""
     _check(config)
     experiment = crud.create_experiment(session, config=config)
-    _dispatch(settings, session, experiment)
+    dispatch_stored(settings, session, experiment)
     response.headers["Location"] = str(
         request.url_for("read_experiment", experiment_id=experiment.id)
     )
@@ -142,6 +142,6 @@ def clone_experiment(
 ) -> Experiment:
     """A new experiment with the same config (optionally renamed), started."""
     clone = crud.clone_experiment(session, experiment=experiment, name=body and body.name)
-    _dispatch(settings, session, clone)
+    dispatch_stored(settings, session, clone)
     response.headers["Location"] = str(request.url_for("read_experiment", experiment_id=clone.id))
     return clone

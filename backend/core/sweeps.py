@@ -26,8 +26,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from backend.config import ExperimentConfig, storable_text
-from workers.catalog import STRATEGIES
+from backend.core.catalog import STRATEGIES
+from backend.core.config import ExperimentConfig, storable_text
 
 MAX_EXPERIMENTS = 200  # one sweep; more is refused with the count
 MAX_SEED = 2**32  # ExperimentConfig.seed's bound
@@ -64,7 +64,27 @@ class SweepSpec(BaseModel):
     @field_validator("*")
     @classmethod
     def _storable(cls, v: Any) -> Any:
-        return storable_text(v)
+        return json_storable(storable_text(v))
+
+
+def json_storable(value: Any) -> Any:
+    """``value`` unchanged if JSON and the database can hold all of it: base fields the sweep
+    overrides (name, seed, strategy) are stored as given, so every value is checked here."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{value} is not a finite number; JSON has no NaN or infinity")
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("contains a lone surrogate; allowed: UTF-8 text") from None
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            json_storable(k)
+            json_storable(v)
+    elif isinstance(value, list):
+        for v in value:
+            json_storable(v)
+    return value
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from backend.core.catalog import STRATEGIES
 from backend.core.sweeps import (
     MAX_EXPERIMENTS,
     SweepError,
@@ -12,7 +13,6 @@ from backend.core.sweeps import (
     parse_run_name,
     parse_sweep,
 )
-from workers.catalog import STRATEGIES
 
 BASE = {"model": "tiny-llama", "federation": {"num_clients": 2, "clients_per_round": 2}}
 
@@ -182,6 +182,9 @@ def test_too_long_experiment_names_are_named():
         ({"name": "s", "sedes": 3}, "sedes: Extra inputs are not permitted"),
         ({"base": {}}, "name: Field required"),
         ({"name": "a\x00b"}, "name: contains a NUL character"),
+        ({"name": "s", "base": {"seed": float("nan")}}, "base: nan is not a finite number"),
+        ({"name": "s", "base": {"name": "\ud800"}}, "base: contains a lone surrogate"),
+        ({"name": "s", "grid": {"lora.alpha": [float("inf")]}}, "grid: inf is not a finite"),
     ],
 )
 def test_the_spec_shape_is_checked(data, message):
