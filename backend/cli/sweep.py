@@ -104,6 +104,22 @@ def run_dirs(runs: list[SweepRun]) -> list[str]:
     return names
 
 
+def check_existing(out: Path, runs: list[SweepRun], names: list[str]) -> None:
+    """SweepError when a run directory already holds a run of another config (the base or
+    the grid changed): resuming must not mix its old results into the leaderboard."""
+    problems = []
+    for run, name in zip(runs, names, strict=True):
+        path = out / name / "config.yaml"
+        if path.is_file() and yaml.safe_load(path.read_text()) != run.config.model_dump(
+            mode="json"
+        ):
+            problems.append(
+                ((), f"{path.parent} holds a run with a different config; choose another --out")
+            )
+    if problems:
+        raise SweepError(problems)
+
+
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     """A run directory's metrics.jsonl records (none before the run starts)."""
     path = run_dir / "metrics.jsonl"
@@ -179,6 +195,7 @@ def run_sweep(
     wanted)."""
     runs = expand(spec)  # every error before any work starts
     names = run_dirs(runs)
+    check_existing(out, runs, names)
     from tqdm.auto import tqdm
 
     from workers.runner import run  # torch only from here on

@@ -130,6 +130,18 @@ def test_a_second_sweep_resumes_and_runs_only_what_is_new(swept):
     assert [r["seeds"] for r in doc["leaderboard"]] == [[0, 1, 2], [0, 1, 2]]
 
 
+def test_a_changed_base_is_refused_instead_of_resumed(swept, capsys):
+    tmp = swept.parent
+    config = tmp / "changed.yaml"
+    config.write_text(yaml.safe_dump({**TINY, "training": {**TINY["training"], "lr": 0.02}}))
+    args = ["--strategies", "fedit", "--seeds", "1", "--out", str(swept), "--quiet"]
+
+    assert main(["sweep", str(config), *args]) == 2
+
+    err = capsys.readouterr().err
+    assert f"{swept / 'fedit-seed0'} holds a run with a different config" in err
+
+
 def test_a_grid_by_set_with_exports(tmp_path):
     args = [
         "--export",
