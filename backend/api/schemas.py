@@ -185,7 +185,7 @@ class SweepPublic(BaseModel):
     spec: dict[str, Any] = Field(description="the SweepSpec it was created with")
     status: SweepStatus
     counts: dict[str, int] = Field(description="its experiments per status")
-    experiments: int = Field(description="how many experiments it has (deleted ones gone)")
+    n_experiments: int = Field(description="how many experiments it has (deleted ones gone)")
     created_at: datetime
 
 
@@ -197,7 +197,7 @@ class SweepsPublic(BaseModel):
 class SweepDetail(SweepPublic):
     """A sweep with its experiments and the leaderboard of their stored metrics."""
 
-    runs: list[ExperimentPublic]
+    experiments: list[ExperimentPublic]
     leaderboard: list[Row] = Field(
         description="one row per cell, best final mean first (see backend.core.leaderboard)"
     )

@@ -187,7 +187,7 @@ td:nth-child(2), th:nth-child(2) {{ text-align: left; }}
 <script id="sweep-figures" type="application/json">{_script_json(figures)}</script>
 </head><body>
 <h1>{title}</h1>
-<p class="legend">{len(doc.get("runs") or [])} runs; written {written}.</p>
+<p class="legend">{sum(len(r["seeds"]) for r in rows)} runs evaluated; written {written}.</p>
 <table id="leaderboard"><thead><tr>{head}</tr></thead><tbody>{table}</tbody></table>
 <p class="legend">{html.escape(LEGEND)}</p>
 <div class="charts"><div class="chart" id="chart-accuracy"></div>

@@ -66,7 +66,7 @@ def _public(sweep: Sweep, counts: dict[str, int]) -> SweepPublic:
         created_at=sweep.created_at,
         status=db.sweep_status(counts),  # type: ignore[arg-type]
         counts=counts,
-        experiments=sum(counts.values()),
+        n_experiments=sum(counts.values()),
     )
 
 
@@ -121,7 +121,7 @@ def _detail(session: SessionDep, sweep: Sweep) -> SweepDetail:
     rows = summary(sweep, experiments, db.sweep_records(session, sweep_id=sweep.id))
     return SweepDetail(
         **_public(sweep, counts).model_dump(),
-        runs=experiments,  # type: ignore[arg-type]
+        experiments=experiments,  # type: ignore[arg-type]
         leaderboard=rows,
     )
 

@@ -33,12 +33,16 @@ def _post(client, body):
 def test_create_stores_and_dispatches_every_experiment(client, spec, settings):
     sweep = _post(client, spec(grid={"aggregation.factor_split": ["sqrt", "b"]}))
 
-    assert (sweep["experiments"], sweep["status"], sweep["counts"]) == (8, "queued", {"queued": 8})
+    assert (sweep["n_experiments"], sweep["status"], sweep["counts"]) == (
+        8,
+        "queued",
+        {"queued": 8},
+    )
     detail = client.get(f"{SWEEPS}/{sweep['id']}").json()
-    names = sorted(e["name"] for e in detail["runs"])
+    names = sorted(e["name"] for e in detail["experiments"])
     assert names[0] == "cmp / fedit, aggregation.factor_split=b / seed 0"
-    assert {e["sweep_id"] for e in detail["runs"]} == {sweep["id"]}
-    one = client.get(f"/api/v1/experiments/{detail['runs'][0]['id']}").json()
+    assert {e["sweep_id"] for e in detail["experiments"]} == {sweep["id"]}
+    one = client.get(f"/api/v1/experiments/{detail['experiments'][0]['id']}").json()
     assert one["sweep_id"] == sweep["id"]
     messages = list(settings.broker_dir.rglob("*.msg"))
     assert len(messages) == 8  # one advance task per experiment
@@ -91,7 +95,7 @@ def test_list_newest_first_with_counts(client, spec):
     body = client.get(SWEEPS).json()
     assert body["count"] == 2
     assert [s["id"] for s in body["data"]] == [second["id"], first["id"]]
-    assert [s["experiments"] for s in body["data"]] == [1, 2]
+    assert [s["n_experiments"] for s in body["data"]] == [1, 2]
     assert (
         client.get(SWEEPS, params={"limit": 1, "offset": 1}).json()["data"][0]["id"] == first["id"]
     )
@@ -115,7 +119,7 @@ def _round(round_num):
 def _store_metrics(client, session, sweep):
     """Metrics as workers write them: fedmomentum ends at 0.8 and 0.9, fedit at 0.5, and
     fedit's seed 1 has evaluated round 0 only (still running)."""
-    runs = client.get(f"{SWEEPS}/{sweep['id']}").json()["runs"]
+    runs = client.get(f"{SWEEPS}/{sweep['id']}").json()["experiments"]
     finals = {
         ("fedit", 0): 0.5,
         ("fedit", 1): 0.7,
@@ -168,7 +172,7 @@ def test_the_report_is_one_offline_page(client, spec, session):
 
 def test_cancel_cancels_every_active_experiment(client, spec, session):
     sweep = _post(client, spec())
-    runs = client.get(f"{SWEEPS}/{sweep['id']}").json()["runs"]
+    runs = client.get(f"{SWEEPS}/{sweep['id']}").json()["experiments"]
     done = session.get(Experiment, runs[0]["id"])
     done.status = "completed"
     session.commit()
@@ -184,7 +188,7 @@ def test_cancel_cancels_every_active_experiment(client, spec, session):
 
 def test_delete_removes_the_sweep_its_experiments_and_run_directories(client, spec, settings):
     sweep = _post(client, spec(seeds=1))
-    runs = client.get(f"{SWEEPS}/{sweep['id']}").json()["runs"]
+    runs = client.get(f"{SWEEPS}/{sweep['id']}").json()["experiments"]
     run_dir = settings.runs_store().sub(runs[0]["id"])
     run_dir.write_text("config.yaml", "x: 1\n")
 
@@ -200,12 +204,12 @@ def test_delete_removes_the_sweep_its_experiments_and_run_directories(client, sp
 
 def test_deleting_an_experiment_leaves_the_sweep(client, spec):
     sweep = _post(client, spec(seeds=1))
-    runs = client.get(f"{SWEEPS}/{sweep['id']}").json()["runs"]
+    runs = client.get(f"{SWEEPS}/{sweep['id']}").json()["experiments"]
     client.post(f"/api/v1/experiments/{runs[0]['id']}/cancel")
 
     assert client.delete(f"/api/v1/experiments/{runs[0]['id']}").status_code == 204
 
-    assert client.get(f"{SWEEPS}/{sweep['id']}").json()["experiments"] == 1
+    assert client.get(f"{SWEEPS}/{sweep['id']}").json()["n_experiments"] == 1
 
 
 @pytest.mark.parametrize("method", ["get", "delete"])
