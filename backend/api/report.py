@@ -30,6 +30,7 @@ from backend.db.models import Experiment
 MODULES = {
     "dom": "dom.js",
     "run-state": "run-state.js",
+    "figures": "figures.js",
     "charts": "charts.js",
     "runview": "runview.js",
     "report": "report.js",

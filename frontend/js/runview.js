@@ -1,7 +1,8 @@
 // The view of one run: header, chart cards, rounds table, config and manifest. Shared by the
 // live detail page and the static report, so both show the same thing.
 import { badge, duration, fill, h, num, pct, progressOf, when } from "dom";
-import { RUN_CHARTS, draw, pointCount } from "charts";
+import { draw } from "charts";
+import { RUN_CHARTS, pointCount } from "figures";
 import { records } from "run-state";
 
 /** Name, status, what it runs and how far it got. */
@@ -40,9 +41,10 @@ function chartCard(chart, live, refresh) {
       on: { change: () => { state.log = box.checked; refresh(); } } });
     controls.append(h("label.toggle", { title: "logarithmic y axis" }, box, "log"));
   }
+  const note = chart.note ? h(`p.note#note-${chart.id}`) : null;
   const card = h("section.card.chart", { dataset: { chart: chart.id } },
-    h("header", {}, h("h3", {}, chart.title), controls), h("p.help", {}, chart.help), empty, graph);
-  return { chart, state, graph, empty, select, card, live };
+    h("header", {}, h("h3", {}, chart.title), controls), h("p.help", {}, chart.help), empty, graph, note);
+  return { chart, state, graph, empty, select, note, card, live };
 }
 
 /** Chart cards of ``run`` in ``root``; returns update(), which appends what is new. */
@@ -63,6 +65,7 @@ export function runCharts(root, run, { live = false } = {}) {
       } else {
         draw(c.graph, fig);
       }
+      if (c.note) c.note.textContent = n === 0 ? "" : c.chart.note(run) ?? "";
     }
   };
   for (const chart of RUN_CHARTS) cards.push(chartCard(chart, live, update));

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 from backend.api.dashboard import FRONTEND_DIR, plotly_js
 from backend.api.report import MODULES
@@ -16,6 +17,11 @@ def _import_map(html: str) -> dict[str, str]:
     found = re.search(r'<script type="importmap">(.*?)</script>', html, re.S)
     assert found, "no import map"
     return json.loads(found.group(1))["imports"]  # type: ignore[no-any-return]
+
+
+def _imports(path: Path) -> list[str]:
+    """The specifiers a module imports (one import statement per line, as the modules do)."""
+    return re.findall(r'^import .*? from "([^"]+)";', path.read_text(), re.M)
 
 
 def test_index_page_and_every_module_it_names(client):
@@ -38,11 +44,23 @@ def test_every_page_module_exists_and_imports_only_known_names():
     js = FRONTEND_DIR / "js"
     names = set(_import_map((FRONTEND_DIR / "index.html").read_text()))
     for path in js.rglob("*.js"):
-        for spec in re.findall(r'^import .*? from "([^"]+)";', path.read_text(), re.M):
+        for spec in _imports(path):
             if spec.startswith("."):
                 assert (path.parent / spec).is_file(), f"{path.name} imports missing {spec}"
             else:
                 assert spec in names, f"{path.name} imports {spec!r}, not in the import map"
+
+
+def test_the_report_maps_every_module_its_entry_reaches():
+    js = FRONTEND_DIR / "js"
+    reached, todo = set(), ["report"]
+    while todo:
+        name = todo.pop()
+        assert name in MODULES, f"the report reaches {name!r} but does not inline it"
+        if name not in reached:
+            reached.add(name)
+            todo.extend(_imports(js / MODULES[name]))
+    assert reached == set(MODULES)  # and inlines nothing it never runs
 
 
 def test_plotly_js_comes_from_the_installed_package(client):

@@ -4,9 +4,11 @@ live, field errors, downloads, the static report, compare, empty and reconnectin
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import zipfile
+from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +31,8 @@ FORM = {  # a tiny-llama run typed into the form (everything else stays at the d
     "data-n_eval": "8",
     "eval-max_new_tokens": "4",
 }
-CHARTS = ("accuracy", "eval-loss", "client-loss", "spectrum", "residual", "naive-error",
-          "momentum", "bytes", "timeline")  # fmt: skip
+CHARTS = ("accuracy", "eval-loss", "client-loss", "spectrum", "rank-advisor", "residual",
+          "naive-error", "momentum", "bytes", "timeline")  # fmt: skip
 
 
 def fill_tiny_form(page: Page, url: str) -> None:
@@ -45,6 +47,46 @@ def fill_tiny_form(page: Page, url: str) -> None:
 
 def rounds_x(n: int, first: int = 1) -> list[int]:
     return list(range(first, n + 1))
+
+
+def _mean(xs: list[float]) -> float:
+    return sum(xs) / len(xs)
+
+
+def _rank_for(energy: list[float], share: float) -> int:
+    """The smallest k whose first k squared singular values (running sums) reach the share."""
+    return next(k for k, e in enumerate(energy, 1) if e >= share * energy[-1])
+
+
+def check_rank_advisor(page: Page, diagnostics: list[dict[str, Any]], rank: int) -> None:
+    """The ranks for 90/95/99% of the energy and the sentence under them, against what the
+    API's singular values give here (summed in the same order: the same floats)."""
+    spectra: dict[int, list[list[float]]] = {}
+    for m in diagnostics:
+        spectra.setdefault(m["round"], []).append(m["values"]["singular_values"])
+    rounds = sorted(spectra)
+    energy = {r: [list(accumulate(s * s for s in sv)) for sv in spectra[r]] for r in rounds}
+    lines = {t["uid"]: t for t in traces(page, "chart-rank-advisor")}
+    assert list(lines) == ["rank-0.9", "rank-0.95", "rank-0.99", "kept-rank"]
+    for share in (0.9, 0.95, 0.99):
+        needed = [_mean([_rank_for(e, share) for e in energy[r]]) for r in rounds]
+        assert lines[f"rank-{share}"]["x"] == [r + 1 for r in rounds]
+        assert lines[f"rank-{share}"]["y"] == pytest.approx(needed), share
+    assert lines["kept-rank"]["y"] == [rank] * len(rounds)
+    note = page.inner_text("#note-rank-advisor")
+    said = re.fullmatch(
+        rf"rank {rank} kept ((?:over )?[\d.]+)% of round {rounds[-1] + 1}'s update; "
+        rf"rank {rank // 2} would have kept ((?:over )?[\d.]+)%\.",
+        note,
+    )
+    assert said, note
+    last = energy[rounds[-1]]
+    for printed, k in zip(said.groups(), (rank, rank // 2), strict=True):
+        kept = 100 * _mean([e[k - 1] / e[-1] for e in last])  # mean over layers
+        if printed == "over 99.9":  # what rounds to 100% without being all of it
+            assert 99.95 <= kept < 100, note
+        else:
+            assert float(printed) == pytest.approx(kept, abs=0.051), note
 
 
 def check_run_charts(page: Page, service: Service, experiment_id: str) -> None:
@@ -70,6 +112,7 @@ def check_run_charts(page: Page, service: Service, experiment_id: str) -> None:
     assert all(len(t["x"]) == k for t in spectrum)
     cut = page.evaluate("document.getElementById('chart-spectrum').layout.shapes[0].x0")
     assert cut == 8.5  # the rank-r cut
+    check_rank_advisor(page, service.metrics(experiment_id, "diagnostics"), rank=8)
 
     for chart, first in (("residual", 1), ("naive-error", 1), ("momentum", 2)):
         mean = trace(page, f"chart-{chart}", "mean")

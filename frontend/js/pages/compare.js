@@ -1,8 +1,9 @@
 // Compare: the selected runs' eval curves and diagnostics overlaid, one colour per run, the
 // legend grouped by strategy.
 import { allPages, api } from "api";
-import { COMPARE_CHARTS, PALETTE, compareFigure, draw, pointCount, runLabel } from "charts";
+import { draw } from "charts";
 import { badge, fill, h, pct } from "dom";
+import { COMPARE_CHARTS, PALETTE, compareFigure, pointCount, runLabel } from "figures";
 import { runFromRecords } from "run-state";
 
 const KINDS = ["eval", "round", "diagnostics"];
