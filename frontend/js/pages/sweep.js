@@ -6,7 +6,7 @@ import { fill, h } from "dom";
 import { sweepActive } from "leaderboard";
 import { leaderboardTable, sweepCharts, sweepHeader, sweepRuns } from "sweepview";
 
-const POLL_MS = 2000;
+const POLL_MS = 3000; // a sweep detail recomputes the leaderboard from every stored metric
 const experimentLink = (e) => `#/experiments/${e.id}`;
 
 export function render(app, { id }) {
