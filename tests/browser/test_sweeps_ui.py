@@ -13,7 +13,7 @@ from playwright.sync_api import Page, expect
 
 from tests.browser.conftest import traces
 from tests.browser.test_dashboard import fill_tiny_form
-from tests.service.conftest import Service
+from tests.service.conftest import Service, tiny_config
 
 STRATEGIES = ["fedmomentum", "fedit"]  # the two compared (the catalog lists more)
 SEEDS, ROUNDS = 2, 2
@@ -195,3 +195,29 @@ def test_compare_strategies_from_the_form_to_a_finished_leaderboard(
     page.wait_for_url("**/#/sweeps")
     assert service.http.get(f"/sweeps/{sweep_id}").status_code == 404
     assert service.http.get(f"/experiments/{first['id']}").status_code == 404
+
+
+def test_cancel_stops_a_running_sweep_and_the_page_stops_polling(
+    page: Page, service: Service
+) -> None:
+    base = tiny_config(federation={"num_clients": 2, "clients_per_round": 2, "rounds": 20})
+    body = {"name": "to-cancel", "base": base, "strategies": STRATEGIES, "seeds": 1}
+    response = service.http.post("/sweeps", json=body)
+    assert response.status_code == 201, response.text
+    sweep_id = response.json()["id"]
+    page.goto(f"{service.url}/#/sweeps/{sweep_id}")
+    page.wait_for_selector("#app[data-live=polling]")
+    expect(page.locator("#sweep-delete")).to_be_disabled()  # not while runs are active
+    expect(page.locator("#sweep-report")).to_have_attribute("aria-disabled", "true")
+
+    page.once("dialog", lambda d: d.accept())
+    page.click("#sweep-cancel")
+    page.wait_for_selector("#app[data-live=finished]", timeout=120_000)
+    sweep = service.http.get(f"/sweeps/{sweep_id}").json()
+    assert sweep["status"] == "cancelled"
+    assert sweep["counts"] == {"cancelled": len(STRATEGIES)}
+    expect(page.locator("#sweep-head .badge").first).to_have_text("cancelled")
+    expect(page.locator("#sweep-progress")).to_have_text(f"{len(STRATEGIES)} / {len(STRATEGIES)}")
+    expect(page.locator("#sweep-cancel")).to_have_count(0)
+    expect(page.locator("#sweep-delete")).to_be_enabled()
+    expect(page.locator("#sweep-report")).to_have_attribute("aria-disabled", "false")
