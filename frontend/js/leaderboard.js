@@ -110,7 +110,7 @@ export function parseRunName(sweepName, name) {
 /** A sweep's experiments by cell label, each cell's by seed. */
 export function runsByCell(sweep) {
   const cells = new Map();
-  for (const exp of sweep.runs ?? []) {
+  for (const exp of sweep.experiments ?? []) {
     const cell = parseRunName(sweep.name, exp.name);
     if (!cell) continue;
     if (!cells.has(cell.label)) cells.set(cell.label, []);
@@ -124,7 +124,7 @@ export function runsByCell(sweep) {
 export function sweepProgress(sweep) {
   const counts = sweep.counts ?? {};
   const finished = FINISHED.reduce((n, s) => n + (counts[s] ?? 0), 0);
-  return { finished, completed: counts.completed ?? 0, total: sweep.experiments ?? 0 };
+  return { finished, completed: counts.completed ?? 0, total: sweep.n_experiments ?? 0 };
 }
 
 /** Whether the sweep may still change (some experiment queued or running). */

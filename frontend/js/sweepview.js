@@ -107,7 +107,7 @@ export function leaderboardTable(root, { strategies = [], link = null } = {}) {
 
 /** The sweep's experiments: name (a link), status, progress, best accuracy. */
 export function sweepRuns(sweep, link = null) {
-  const runs = [...(sweep.runs ?? [])].sort((a, b) => a.name.localeCompare(b.name));
+  const runs = [...(sweep.experiments ?? [])].sort((a, b) => a.name.localeCompare(b.name));
   if (!runs.length) return h("p.empty", {}, "This sweep has no experiments left.");
   return h("table.experiments#sweep-runs",
     h("thead", {}, h("tr", {}, ["Experiment", "Status", "Progress", "Best accuracy"].map((t) => h("th", {}, t)))),

@@ -82,7 +82,7 @@ def check_leaderboard(page: Page, sweep: dict[str, Any]) -> None:
     shown = board(page)
     assert [r["label"] for r in shown] == [r["label"] for r in rows]  # rank order first
     assert {r["label"] for r in rows} == set(STRATEGIES)
-    ids = {e["name"]: e["id"] for e in sweep["runs"]}
+    ids = {e["name"]: e["id"] for e in sweep["experiments"]}
     for i, (row, seen) in enumerate(zip(rows, shown, strict=True)):
         mark = _noise_mark(rows, i)
         assert seen["noise"] == mark
@@ -146,7 +146,7 @@ def test_compare_strategies_from_the_form_to_a_finished_leaderboard(
     )
     page.wait_for_selector("#app[data-live=finished]", timeout=400_000)
     sweep = service.http.get(f"/sweeps/{sweep_id}").json()
-    assert (sweep["status"], sweep["experiments"]) == ("completed", SEEDS * len(STRATEGIES))
+    assert (sweep["status"], sweep["n_experiments"]) == ("completed", SEEDS * len(STRATEGIES))
     expect(page.locator("#sweep-progress")).to_have_text("4 / 4")
     expect(page.locator("#sweep-head .badge").first).to_have_text("completed")
 
@@ -178,7 +178,7 @@ def test_compare_strategies_from_the_form_to_a_finished_leaderboard(
     row = page.locator(f"#sweeps tr[data-id='{sweep_id}']")
     expect(row).to_contain_text("ui-sweep")
     expect(row).to_contain_text("4 / 4")
-    first = sweep["runs"][0]
+    first = sweep["experiments"][0]
     page.goto(f"{service.url}/#/experiments/{first['id']}")
     expect(page.locator("#in-sweep")).to_have_attribute("href", f"#/sweeps/{sweep_id}")
     expect(page.locator("#sweep-launch input[name=sweep-strategy]")).to_have_count(

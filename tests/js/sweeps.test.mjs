@@ -155,7 +155,7 @@ describe("leaderboard", () => {
     assert.deepEqual(parseRunName("cmp / 2", "cmp / 2 / fedit, lora.rank=4 / seed 12"), { label: "fedit, lora.rank=4", seed: 12 });
     assert.equal(parseRunName("cmp", "other / fedit / seed 1"), null);
     assert.equal(parseRunName("cmp", "cmp / fedit / seed x"), null);
-    const sweep = { name: "cmp", runs: [
+    const sweep = { name: "cmp", experiments: [
       { id: "b", name: "cmp / fedit / seed 1" }, { id: "a", name: "cmp / fedit / seed 0" },
       { id: "c", name: "cmp / fedex / seed 0" }, { id: "d", name: "stray" }] };
     const cells = runsByCell(sweep);
@@ -164,7 +164,7 @@ describe("leaderboard", () => {
   });
 
   test("progress counts finished runs of every kind; a sweep is live while any is queued or running", () => {
-    const sweep = { status: "running", experiments: 4, counts: { completed: 1, failed: 1, running: 1, queued: 1 } };
+    const sweep = { status: "running", n_experiments: 4, counts: { completed: 1, failed: 1, running: 1, queued: 1 } };
     assert.deepEqual(sweepProgress(sweep), { finished: 2, completed: 1, total: 4 });
     assert.equal(sweepActive(sweep), true);
     assert.equal(sweepActive({ ...sweep, status: "failed" }), false);

@@ -75,7 +75,7 @@ export function render(app, { id }) {
   }
 
   async function remove() {
-    if (!confirm(`Delete ${sweep.name}, its ${sweep.experiments} experiments and their files?`)) return;
+    if (!confirm(`Delete ${sweep.name}, its ${sweep.n_experiments} experiments and their files?`)) return;
     try {
       await api(path, { method: "DELETE" });
       location.hash = "#/sweeps";
