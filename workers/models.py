@@ -19,13 +19,11 @@ import json
 import logging
 import os
 import shutil
-import socket
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlparse
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
@@ -42,6 +40,7 @@ from transformers import (
 from transformers.utils import logging as hf_logging
 
 from backend.core.catalog import MODELS
+from backend.core.hub import hub_reachable
 
 log = logging.getLogger(__name__)
 
@@ -137,18 +136,6 @@ def _dist_file(dist: str, relpath: str) -> Path:
     if not path.exists():
         raise RuntimeError(f"{dist!r} is installed but {relpath} is missing ({path})")
     return path
-
-
-def _hub_reachable() -> bool:
-    """False when offline, so an unknown name fails at once instead of after minutes of retries."""
-    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}:
-        return False
-    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname
-    try:
-        socket.create_connection((host or "huggingface.co", 443), timeout=3).close()
-    except OSError:
-        return False
-    return True
 
 
 def _finish(
@@ -339,7 +326,7 @@ def _local_task(path: Path, num_labels: int | None) -> str:
 
 
 def _load_hub(name: str, num_labels: int | None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    if not _hub_reachable():
+    if not hub_reachable():
         raise _unknown(name)
     auto = AutoModelForSequenceClassification if num_labels is not None else AutoModelForCausalLM
     extra = {"num_labels": num_labels} if num_labels is not None else {}

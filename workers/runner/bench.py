@@ -84,7 +84,14 @@ def _encoded(model_key: str, max_length: int, rank: int, split: str) -> list[Enc
     cfg = ExperimentConfig.model_validate_json(model_key)
     bench, task = bench_for(cfg, rank), task_of(cfg)
     examples = task.train if split == "train" else task.eval
-    return encode(examples, bench.tokenizer, max_length, bench.kind, task.labels)
+    return encode(
+        examples,
+        bench.tokenizer,
+        max_length,
+        bench.kind,
+        task.labels,
+        chat_template=cfg.data.chat_template,
+    )
 
 
 def encoded(cfg: ExperimentConfig, rank: int, split: str) -> list[Encoded]:
