@@ -33,6 +33,11 @@ def lora_settings(
     cfg: ExperimentConfig, rank: int, default_targets: tuple[str, ...]
 ) -> peft_glue.LoraSettings:
     targets = cfg.lora.target_modules or list(default_targets)
+    if not targets:
+        raise ValueError(
+            f"lora.target_modules: PEFT has no default LoRA targets for model {cfg.model!r}; "
+            "name its attention projections (e.g. [q_proj, v_proj])"
+        )
     return peft_glue.LoraSettings(
         r=rank,
         alpha=cfg.lora.alpha,
