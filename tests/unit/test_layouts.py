@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import datasets
@@ -193,12 +194,16 @@ def test_bad_records_name_their_place(tmp_path, rows, message):
 
 @pytest.mark.parametrize(
     ("content", "message"),
-    [('{"a": 1}', "expected a JSON list of records"), ("[1, 2]", "record 1: expected an object")],
+    [
+        ('{"a": 1}', "expected a JSON list of records"),
+        ("[1, 2]", "record 1: expected an object"),
+        ('{"a": 1}\n{"a": 2}\n', "line 2: invalid JSON (Extra data); one record per line"),
+    ],
 )
 def test_json_must_be_a_list_of_records(tmp_path, content, message):
     path = tmp_path / "bad.json"
     path.write_text(content)
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ValueError, match=re.escape(message)):
         load_dataset(str(path))
 
 

@@ -72,7 +72,12 @@ def _read_json(path: Path) -> list[Row]:
     try:
         records = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: line {e.lineno}: invalid JSON ({e.msg})") from None
+        hint = (
+            "; one record per line is JSON Lines: name the file .jsonl"
+            if e.msg == "Extra data"
+            else ""
+        )
+        raise ValueError(f"{path}: line {e.lineno}: invalid JSON ({e.msg}){hint}") from None
     if not isinstance(records, list):
         raise ValueError(f"{path}: expected a JSON list of records, got {type(records).__name__}")
     return _records(path, records)
