@@ -88,7 +88,9 @@ class LoraConfig(_Strict):
     alpha: float = Field(16.0, gt=0, description="LoRA alpha; scaling = alpha / r")
     dropout: float = Field(0.05, ge=0, lt=1, description="LoRA dropout while training")
     target_modules: list[str] | None = Field(
-        None, description="default: the model's q/v projections"
+        None,
+        description="default: PEFT's targets for the model's architecture (q_proj/v_proj for "
+        "Llama, query/value for BERT)",
     )
     rslora: bool = Field(False, description="scaling alpha / sqrt(r)")
 

@@ -155,6 +155,14 @@ def test_prompt_response_and_text_label_in_every_format(tmp_path, suffix):
     assert all("Choices: neg, pos" in e.prompt for e in cls_task.train)
 
 
+def test_instruction_response_records_without_output_are_prompt_response(tmp_path):
+    rows = [{"instruction": f"Say {i}", "context": "", "response": f"{i}"} for i in range(4)]
+
+    examples = every_example(str(write(tmp_path / "dolly.jsonl", rows)))
+
+    assert {(e.prompt, e.response) for e in examples} == {(f"Say {i}", f"{i}") for i in range(4)}
+
+
 def test_unknown_layout_lists_the_columns_and_the_layouts(tmp_path):
     path = write(tmp_path / "odd.jsonl", [{"title": "a", "body": "b"}, {"title": "c", "body": "d"}])
 

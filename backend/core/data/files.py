@@ -25,8 +25,8 @@ EVAL_SHARE = 0.1
 FILE_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 
 # Column names each layout accepts, first choice first: common names of hub datasets map to
-# ours (GSM8K: question/answer; many instruction sets: input/output).
-_PROMPT = ("prompt", "question", "input")
+# ours (GSM8K: question/answer; Dolly: instruction/response; others: input/output).
+_PROMPT = ("prompt", "question", "instruction", "input")
 _RESPONSE = ("response", "answer", "completion", "output")
 _TEXT = ("text", "sentence", "content")
 LAYOUTS = {
