@@ -43,6 +43,11 @@ def run_migrations_online() -> None:
         context.configure(connection=connection, **_options(url))
         with context.begin_transaction():
             context.run_migrations()
+        if connection.dialect.name == "sqlite":
+            # A migration that copies a table turns foreign keys off (SQLite's procedure);
+            # on again here, after its transaction, before the connection goes back to the
+            # pool that the application shares.
+            connection.exec_driver_sql("PRAGMA foreign_keys=ON")
 
 
 if context.is_offline_mode():

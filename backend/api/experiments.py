@@ -24,7 +24,7 @@ from backend.api.schemas import (
     ExperimentsPublic,
 )
 from backend.core.catalog import STRATEGIES
-from backend.core.checks import check_feasible, server_paths
+from backend.core.checks import check_for_server
 from backend.core.config import ExperimentConfig
 from backend.core.runs import remove_run_dir
 from backend.core.settings import Settings
@@ -40,7 +40,7 @@ Strategy = Literal[tuple(STRATEGIES)]  # type: ignore[valid-type]
 Sort = Literal[crud.SORTS]  # type: ignore[valid-type]
 
 
-def _dispatch(settings: Settings, session: SessionDep, experiment: Experiment) -> None:
+def dispatch_stored(settings: Settings, session: SessionDep, experiment: Experiment) -> None:
     """Send the new experiment to the workers. If the broker is down it stays queued and the
     reconciler sends it later; the API does not fail a request it has stored."""
     try:
@@ -55,13 +55,7 @@ def _dispatch(settings: Settings, session: SessionDep, experiment: Experiment) -
 def checked(config: ExperimentConfig, settings: Settings) -> ExperimentConfig:
     """The config as the server will run it (paths made absolute), or a 422 naming every
     field that names something outside the server's roots or cannot run on its data."""
-    config, problems = server_paths(
-        config,
-        model_roots=settings.model_root_dirs,
-        data_roots=settings.data_root_dirs,
-        allow_hub=settings.allow_hub,
-    )
-    problems = problems or check_feasible(config)  # never load a file the roots refuse
+    config, problems = check_for_server(config, settings)
     if problems:
         raise RequestValidationError(
             [
@@ -84,7 +78,7 @@ def create_experiment(
 ) -> Experiment:
     """Validate an experiment config, store it as a queued experiment and start it."""
     experiment = crud.create_experiment(session, config=checked(config, settings))
-    _dispatch(settings, session, experiment)
+    dispatch_stored(settings, session, experiment)
     response.headers["Location"] = str(
         request.url_for("read_experiment", experiment_id=experiment.id)
     )
@@ -151,6 +145,6 @@ def clone_experiment(
 ) -> Experiment:
     """A new experiment with the same config (optionally renamed), started."""
     clone = crud.clone_experiment(session, experiment=experiment, name=body and body.name)
-    _dispatch(settings, session, clone)
+    dispatch_stored(settings, session, clone)
     response.headers["Location"] = str(request.url_for("read_experiment", experiment_id=clone.id))
     return clone

@@ -8,6 +8,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from backend.core.config import ExperimentConfig, storable_text
+from backend.core.leaderboard import Row
+from backend.core.sweeps import SweepSpec
 from backend.db.models import NO_INT, NO_LAYER, ExperimentStatus
 
 MAX_LIMIT = 500
@@ -57,6 +59,7 @@ class ExperimentPublic(_FromORM):
     updated_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    sweep_id: str | None = Field(description="the sweep that created it, if any")
 
 
 class ExperimentsPublic(BaseModel):
@@ -166,4 +169,35 @@ class HealthPublic(BaseModel):
     database: str
     auth: Literal["none", "writes", "all"] = Field(
         "none", description="what needs the API token: nothing, writes and downloads, or all"
+    )
+
+
+# The request body of POST /sweeps is the sweep spec itself.
+SweepCreate = SweepSpec
+SweepStatus = Literal["queued", "running", "completed", "failed", "cancelled", "empty"]
+
+
+class SweepPublic(BaseModel):
+    """A sweep as the API shows it; its status comes from its experiments'."""
+
+    id: str
+    name: str
+    spec: dict[str, Any] = Field(description="the SweepSpec it was created with")
+    status: SweepStatus
+    counts: dict[str, int] = Field(description="its experiments per status")
+    n_experiments: int = Field(description="how many experiments it has (deleted ones gone)")
+    created_at: datetime
+
+
+class SweepsPublic(BaseModel):
+    data: list[SweepPublic]
+    count: int = Field(description="all sweeps (all pages)")
+
+
+class SweepDetail(SweepPublic):
+    """A sweep with its experiments and the leaderboard of their stored metrics."""
+
+    experiments: list[ExperimentPublic]
+    leaderboard: list[Row] = Field(
+        description="one row per cell, best final mean first (see backend.core.leaderboard)"
     )

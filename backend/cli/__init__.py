@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from backend.core.config import ConfigError, load_config
+from backend.core.sweeps import SweepError
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -18,6 +19,24 @@ def _run(args: argparse.Namespace) -> int:
     print(_table(summaries))
     print(f"\nrun directory: {out}\nexport: {out / 'export'}  metrics: {out / 'metrics.jsonl'}")
     return 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from backend.cli.sweep import build_spec, run_sweep
+    from backend.core.leaderboard import Row, to_markdown
+
+    spec = build_spec(args.config, strategies=args.strategies, seeds=args.seeds, sets=args.set)
+    out = args.out or Path("runs") / "sweeps" / spec.name
+    doc = run_sweep(spec, out, progress=not args.quiet, exports=args.export)
+    print(to_markdown([Row.from_dict(r) for r in doc["leaderboard"]]))
+    failed = [r for r in doc["runs"] if r["status"] == "failed"]
+    for r in failed:
+        print(f"failed: {r['dir']}: {r['error']}", file=sys.stderr)
+    print(
+        f"sweep: {out / 'sweep.json'}  leaderboard: {out / 'leaderboard.md'}  "
+        f"report: {out / 'report.html'}"
+    )
+    return 1 if failed else 0
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -125,6 +144,35 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     run.set_defaults(func=_run)
+    sweep = sub.add_parser(
+        "sweep", help="run a sweep (strategies x seeds x grid) in this process and rank it"
+    )
+    sweep.add_argument("config", type=Path, help="YAML experiment config: the sweep's base")
+    sweep.add_argument(
+        "--strategies", default="all", help="all (default) or a comma-separated list"
+    )
+    sweep.add_argument(
+        "--seeds", default="3", help="a count (3: seeds 0, 1, 2; the default) or a list 0,1,2"
+    )
+    sweep.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="PATH=V1,V2",
+        help="also vary a config field by dotted path, e.g. aggregation.factor_split=sqrt,b "
+        "(repeatable; values read as YAML)",
+    )
+    sweep.add_argument(
+        "--out", type=Path, help="sweep folder (default runs/sweeps/<name>; resumes if present)"
+    )
+    sweep.add_argument(
+        "--export",
+        action="store_true",
+        help="also write every run's export/ (default: none; `fedmomentum export RUN_DIR` "
+        "writes one later)",
+    )
+    sweep.add_argument("--quiet", action="store_true", help="no progress bars")
+    sweep.set_defaults(func=_sweep)
     exp = sub.add_parser("export", help="(re)write the export of a run directory")
     exp.add_argument("run", type=Path)
     exp.add_argument("--rank", type=int, help="rank of the plain PEFT adapter (default as for run)")
@@ -155,6 +203,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
+    except SweepError as e:
+        print(f"invalid sweep:\n{e}", file=sys.stderr)
+        return 2
     except ConfigError as e:
         print(f"invalid config:\n{e}", file=sys.stderr)
         return 2

@@ -19,6 +19,7 @@ from backend.core.catalog import DATASETS, MODELS
 from backend.core.config import ExperimentConfig
 from backend.core.data import load_dataset
 from backend.core.data.files import is_local_hf, parse_hf
+from backend.core.settings import Settings
 
 Problem = tuple[tuple[str, ...], str]  # (field path, message)
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # org/name, as the hub spells them
@@ -106,6 +107,20 @@ def _train_size(config: ExperimentConfig) -> int:
     return len(
         load_dataset(config.dataset, seed=config.seed, n_train=d.n_train, n_eval=d.n_eval).train
     )
+
+
+def check_for_server(
+    config: ExperimentConfig, settings: Settings
+) -> tuple[ExperimentConfig, list[Problem]]:
+    """An API request's config as the server will run it (paths made absolute) and its
+    problems: first the roots (a refused file is never read), then the data."""
+    config, problems = server_paths(
+        config,
+        model_roots=settings.model_root_dirs,
+        data_roots=settings.data_root_dirs,
+        allow_hub=settings.allow_hub,
+    )
+    return config, problems or check_feasible(config)
 
 
 def check_feasible(config: ExperimentConfig) -> list[Problem]:

@@ -102,8 +102,11 @@ class AggregationConfig(_Strict):
     oversample: int = Field(10, ge=0, description="randomized SVD: extra sketch columns")
     power_iters: int = Field(2, ge=0, description="randomized SVD: power iterations")
     merge_every: int = Field(1, ge=1, description="fedmomentum: merge the residual every k rounds")
-    factor_split: Literal["sqrt", "b"] = Field(
-        "sqrt", description="fedmomentum: singular values split as sqrt into B and A, or all in B"
+    factor_split: Literal["sqrt", "b", "fresh"] = Field(
+        "sqrt",
+        description="fedmomentum (and flexlora): how the singular values split between the new "
+        "B and A: sqrt (half in each), b (all in B, A's rows orthonormal) or fresh (A's rows at "
+        "a fresh LoRA's norm 1/sqrt(3), the rest in B); the product is the same",
     )
     # Honest clients take the same number of local AdamW steps from the same start, and Adam's
     # per-parameter step is about the learning rate whatever the gradient's scale, so their

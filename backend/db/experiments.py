@@ -26,9 +26,9 @@ SORT_FIELDS = (
 SORTS = tuple(s for f in SORT_FIELDS for s in (f, f"-{f}"))
 
 
-def create_experiment(session: Session, *, config: ExperimentConfig) -> Experiment:
-    """Store a validated config as a new queued experiment."""
-    experiment = Experiment(
+def new_experiment(config: ExperimentConfig, *, sweep_id: str | None = None) -> Experiment:
+    """A queued experiment of a validated config, not yet added to a session."""
+    return Experiment(
         name=config.name,
         status=ExperimentStatus.queued.value,
         config=config.model_dump(mode="json"),
@@ -37,7 +37,13 @@ def create_experiment(session: Session, *, config: ExperimentConfig) -> Experime
         dataset=config.dataset,
         current_round=0,
         total_rounds=config.federation.rounds,
+        sweep_id=sweep_id,
     )
+
+
+def create_experiment(session: Session, *, config: ExperimentConfig) -> Experiment:
+    """Store a validated config as a new queued experiment."""
+    experiment = new_experiment(config)
     session.add(experiment)
     session.commit()
     session.refresh(experiment)

@@ -95,6 +95,18 @@ def _experiment_fk() -> Mapped[str]:
     return mapped_column(String(32), ForeignKey("experiments.id", ondelete="CASCADE"))
 
 
+class Sweep(Base):
+    """A sweep: one base config expanded over strategies, seeds and a grid (``spec``, a
+    SweepSpec). Its status is derived from its experiments (backend.db.sweeps)."""
+
+    __tablename__ = "sweeps"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(200))
+    spec: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+
+
 class Experiment(Base):
     """One federated fine-tuning experiment; ``config`` is the validated ExperimentConfig."""
 
@@ -126,6 +138,11 @@ class Experiment(Base):
     # generation does nothing, so a re-dispatched round never runs twice side by side.
     generation: Mapped[int] = mapped_column(Integer, default=0)
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # last sign of life
+    # The sweep that created it. SET NULL: deleting a sweep row never deletes experiments
+    # behind the API's back (the API deletes a sweep's experiments with their run dirs).
+    sweep_id: Mapped[str | None] = mapped_column(
+        String(32), ForeignKey("sweeps.id", ondelete="SET NULL"), index=True
+    )
 
 
 class Client(Base):

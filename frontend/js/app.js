@@ -1,16 +1,21 @@
-// The dashboard's router: #/ experiments, #/new, #/experiments/<id>, #/compare?ids=a,b.
+// The dashboard's router: #/ experiments, #/new, #/experiments/<id>, #/compare?ids=a,b,
+// #/sweeps, #/sweeps/<id>.
 import { installDownloads } from "api";
 import { fill, h } from "dom";
 import * as compare from "./pages/compare.js";
 import * as detail from "./pages/detail.js";
 import * as list from "./pages/list.js";
 import * as launch from "./pages/new.js";
+import * as sweep from "./pages/sweep.js";
+import * as sweeps from "./pages/sweeps.js";
 
 const ROUTES = [
   [/^\/?$/, list, "experiments"],
   [/^\/new$/, launch, "new"],
   [/^\/experiments\/([\w-]+)$/, detail, "experiments"],
   [/^\/compare$/, compare, "experiments"],
+  [/^\/sweeps$/, sweeps, "sweeps"],
+  [/^\/sweeps\/([\w-]+)$/, sweep, "sweeps"],
 ];
 
 let cleanup = null;

@@ -425,3 +425,87 @@ export function compareFigure(runs, chart, opts = {}) {
 
 /** How many points a figure has (an empty one shows a message instead). */
 export const pointCount = (fig) => fig.data.reduce((n, t) => n + (t.x?.length ?? 0), 0);
+
+// ---- sweeps: per cell, the mean over seeds with its min..max band --------------------------
+//
+// Input: the leaderboard rows of GET /api/v1/sweeps/{id} (backend/core/leaderboard.py), each
+// with its curves as points {round, mean, min, max, n} (round -1: before training).
+
+const DASHES = ["solid", "dash", "dot", "dashdot", "longdash", "longdashdot"];
+
+/** The strategy of a sweep cell: its label starts with it ("fedit, lora.rank=4"). */
+export const cellStrategy = (label) => label.split(", ")[0];
+
+/** ``#rrggbb`` as ``rgba(r, g, b, alpha)``. */
+export function translucent(hex, alpha) {
+  const [r, g, b] = [1, 3, 5].map((i) => parseInt(hex.slice(i, i + 2), 16));
+  return `rgba(${r}, ${g}, ${b}, ${alpha})`;
+}
+
+/**
+ * The cells in a stable order with their style: one colour per strategy, by its place in
+ * ``strategies`` (the catalog's order, so a strategy has the same colour in every sweep;
+ * strategies not in it follow in order of appearance), and one dash per cell of a strategy
+ * (grid cells), by label. The order does not follow the leaderboard's ranking, which moves
+ * while a sweep runs: the legend and the colours stay put.
+ */
+export function cellStyles(labels, strategies = []) {
+  const order = [...strategies];
+  for (const label of labels) if (!order.includes(cellStrategy(label))) order.push(cellStrategy(label));
+  const sorted = [...labels].sort((a, b) =>
+    order.indexOf(cellStrategy(a)) - order.indexOf(cellStrategy(b)) || a.localeCompare(b));
+  const seen = new Map();
+  return sorted.map((label) => {
+    const strategy = cellStrategy(label);
+    const k = seen.get(strategy) ?? 0;
+    seen.set(strategy, k + 1);
+    return { label, color: PALETTE[order.indexOf(strategy) % PALETTE.length], dash: DASHES[k % DASHES.length] };
+  });
+}
+
+/** One row's curve of ``metric`` ("accuracy" or "eval_loss"): x in rounds done (0 = before training). */
+export function bandSeries(row, metric) {
+  const points = row[metric] ?? [];
+  return {
+    x: points.map((p) => p.round + 1),
+    mean: points.map((p) => p.mean),
+    min: points.map((p) => p.min),
+    max: points.map((p) => p.max),
+    n: points.map((p) => p.n),
+  };
+}
+
+/**
+ * The band chart of a sweep: per cell a filled min..max band (one closed shape: along the
+ * maxima, back along the minima) and the mean line over it, in the cell's colour. Trace uids:
+ * ``band:<label>`` and ``mean:<label>``.
+ */
+export function bandFigure(rows, metric, { strategies = [], log = false } = {}) {
+  const byLabel = new Map(rows.map((r) => [r.label, r]));
+  const data = [];
+  for (const { label, color, dash } of cellStyles([...byLabel.keys()], strategies)) {
+    const s = bandSeries(byLabel.get(label), metric);
+    data.push({
+      uid: `band:${label}`, name: `${label} (min..max)`, type: "scatter", mode: "lines",
+      x: [...s.x, ...[...s.x].reverse()], y: [...s.max, ...[...s.min].reverse()],
+      fill: "toself", fillcolor: translucent(color, 0.15), line: { width: 0, color },
+      legendgroup: label, showlegend: false, hoverinfo: "skip",
+    });
+    data.push(line(`mean:${label}`, label, s.x, s.mean, {
+      line: { color, dash, width: 2 }, legendgroup: label,
+      customdata: s.x.map((_, i) => [s.min[i], s.max[i], s.n[i]]),
+      hovertemplate: `${label}<br>round %{x}: %{y:.4f}<br>min %{customdata[0]:.4f}, max %{customdata[1]:.4f} (%{customdata[2]} seeds)<extra></extra>`,
+    }));
+  }
+  const percent = metric === "accuracy";
+  const ytitle = percent ? "accuracy (mean over seeds)" : "eval loss (mean over seeds)";
+  return roundTicks({ data, layout: layout("rounds aggregated (0 = before training)", ytitle, { log, percent }) });
+}
+
+/** The sweep page's band charts: id, title, metric, help, log toggle default. */
+export const SWEEP_CHARTS = [
+  { id: "accuracy", title: "Eval accuracy", metric: "accuracy",
+    help: "Per strategy (or grid cell): the mean over seeds, the band from the lowest to the highest seed." },
+  { id: "eval-loss", title: "Eval loss", metric: "eval_loss", log: false,
+    help: "Per strategy (or grid cell): the mean over seeds, the band from the lowest to the highest seed." },
+];

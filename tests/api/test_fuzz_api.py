@@ -1,9 +1,10 @@
 """Fuzzing: schemathesis sends requests generated from /api/v1/openapi.json (valid and
 invalid ones) to the real app over HTTP (uvicorn), on SQLite and on PostgreSQL; not one may
 get a 5xx. The database holds experiments in every status with results, events and files,
-so path parameters hit real rows as well as missing ones; mutated valid configs reach the
-database. Derandomized: the same requests every run (~900 per database, >= 500 asserted).
-The event stream is only opened and closed: a stream of a running experiment never ends.
+and a sweep, so path parameters hit real rows as well as missing ones; mutated valid configs
+and sweep specs reach the database. Derandomized: the same requests every run (~1,000 per
+database, >= 500 asserted). The event stream is only opened and closed: a stream of a
+running experiment never ends.
 """
 
 from __future__ import annotations
@@ -25,11 +26,13 @@ from sqlalchemy.orm import Session
 from backend.api.app import create_app
 from backend.core.config import ExperimentConfig
 from backend.core.settings import Settings
+from backend.core.sweeps import expand, parse_sweep
 from backend.db import lifecycle, results
 from backend.db.engine import get_engine
 from backend.db.experiments import cancel_experiment, create_experiment
 from backend.db.metrics import add_metrics
 from backend.db.models import Base, Experiment, ExperimentStatus
+from backend.db.sweeps import create_sweep
 from tests.api.conftest import serve
 
 TINY = {"model": "tiny-llama", "dataset": "arith", "data": {"n_train": 40, "n_eval": 8}}
@@ -43,13 +46,33 @@ EVENTS_LABEL = f"GET {EVENTS}"
 METRICS_LABEL = "GET /api/v1/experiments/{experiment_id}/metrics"
 ADAPTER_LABEL = f"GET {API}/{{experiment_id}}/rounds/{{round}}/adapter"
 MUTATED_LABEL = "POST /api/v1/experiments (mutated config)"
+SWEEPS = "/api/v1/sweeps"
+MUTATED_SWEEPS = 60  # mutated sweep specs (each valid one stores and dispatches 4 experiments)
+MUTATED_SWEEP_LABEL = "POST /api/v1/sweeps (mutated spec)"
+SWEEP_LABEL = f"GET {SWEEPS}/{{sweep_id}}"
+SWEEP = {
+    "name": "fuzz sweep",
+    "base": TINY,
+    "strategies": ["fedit", "fedmomentum"],
+    "seeds": 1,
+    "grid": {"lora.rank": [2, 4]},
+}
 
 
-def _seed(settings: Settings) -> list[str]:
+def _seed(settings: Settings) -> tuple[list[str], list[str]]:
     """Experiments in every status (a completed one with rounds, attempts, metrics,
-    diagnostics, events, a manifest, an export and a round adapter); their ids."""
+    diagnostics, events, a manifest, an export and a round adapter) and a sweep whose
+    experiments have evaluations; their ids."""
     ids = []
     with Session(get_engine(settings.database_url)) as session:
+        spec = parse_sweep(SWEEP)
+        sweep, runs = create_sweep(session, spec=spec, configs=[r.config for r in expand(spec)])
+        sweeps = [sweep.id]
+        for run in runs:
+            evals = [
+                {"kind": "eval", "round": r, "accuracy": 0.5, "eval_loss": 1.0} for r in (0, 1)
+            ]
+            add_metrics(session, experiment_id=run.id, records=evals)
         for status in ExperimentStatus:
             config = ExperimentConfig(name=f"fuzz {status}", **TINY)
             exp = create_experiment(session, config=config)
@@ -68,7 +91,7 @@ def _seed(settings: Settings) -> list[str]:
                     status=status,
                     error="boom" if status == "failed" else None,
                 )
-    return ids
+    return ids, sweeps
 
 
 def _results(session: Session, settings: Settings, exp: Experiment) -> None:
@@ -151,7 +174,17 @@ def _mutated_configs() -> st.SearchStrategy[tuple[str, bytes]]:
     """(what changed, JSON body): the tiny valid config with one field (or a new one)
     replaced."""
     base = ExperimentConfig(**TINY).model_dump(mode="json")
-    paths = st.sampled_from([*_leaves(base), ("unknown",), ("data", "n_train")])
+    return _mutated(base, [("unknown",), ("data", "n_train")])
+
+
+def _mutated_sweeps() -> st.SearchStrategy[tuple[str, bytes]]:
+    """(what changed, JSON body): a valid 4-experiment sweep with one entry replaced."""
+    extra = [("unknown",), ("grid", "aggregation.factor_split"), ("base", "seed")]
+    return _mutated(SWEEP, extra)
+
+
+def _mutated(base: dict[str, Any], extra: list[tuple[str, ...]]) -> st.SearchStrategy[Any]:
+    paths = st.sampled_from([*_leaves(base), *extra])
 
     def mutate(path: tuple[str, ...], value: Any) -> tuple[str, bytes]:
         data = json.loads(json.dumps(base))
@@ -166,10 +199,16 @@ def _mutated_configs() -> st.SearchStrategy[tuple[str, bytes]]:
 
 
 def _strategy(
-    operation: Any, mode: GenerationMode, ids: list[str]
+    operation: Any, mode: GenerationMode, ids: list[str], sweeps: list[str]
 ) -> st.SearchStrategy[schemathesis.Case]:
-    """Cases of one operation; those with an experiment id use a seeded one half the time."""
+    """Cases of one operation; those with an experiment or sweep id use a seeded one half
+    the time."""
     generated = operation.as_strategy(mode)
+    if "{sweep_id}" in operation.path:
+        real_sweep = st.sampled_from(sweeps).flatmap(
+            lambda s: operation.as_strategy(mode, path_parameters={"sweep_id": s})
+        )
+        return st.one_of(real_sweep, generated)
     if "{experiment_id}" not in operation.path:
         return generated
     # A round that exists (0: its adapter was seeded) where the path has one.
@@ -225,23 +264,27 @@ def test_fuzzing_finds_no_server_error(settings, client):
             call = partial(_send, case, base_url, http)
             record(case.operation.label, case.as_curl_command(), call)
 
-        def post(mutated: tuple[str, bytes]) -> None:
-            change, body = mutated
+        def poster(path: str, label: str) -> Callable[[tuple[str, bytes]], None]:
+            def post(mutated: tuple[str, bytes]) -> None:
+                change, body = mutated
 
-            def call() -> int:
-                json_type = {"content-type": "application/json"}
-                return http.post(f"{base_url}{API}", body, headers=json_type).status_code
+                def call() -> int:
+                    json_type = {"content-type": "application/json"}
+                    return http.post(f"{base_url}{path}", body, headers=json_type).status_code
 
-            record(MUTATED_LABEL, f"POST {API} with {change}", call)
+                record(label, f"POST {path} with {change}", call)
+
+            return post
 
         schema = schemathesis.openapi.from_dict(http.get(f"{base_url}/api/v1/openapi.json").json())
         for result in schema.get_all_operations():
             operation = result.ok()
             _clear(settings)  # every operation starts from the same seeded rows
-            ids = _seed(settings)
-            assert _fuzz(_strategy(operation, GenerationMode.POSITIVE, ids), send)
-            _fuzz(_strategy(operation, GenerationMode.NEGATIVE, ids), send)
-        _fuzz(_mutated_configs(), post, MUTATED)
+            ids, sweeps = _seed(settings)
+            assert _fuzz(_strategy(operation, GenerationMode.POSITIVE, ids, sweeps), send)
+            _fuzz(_strategy(operation, GenerationMode.NEGATIVE, ids, sweeps), send)
+        _fuzz(_mutated_configs(), poster(API, MUTATED_LABEL), MUTATED)
+        _fuzz(_mutated_sweeps(), poster(SWEEPS, MUTATED_SWEEP_LABEL), MUTATED_SWEEPS)
 
     total = sum(statuses.values())
     print(f"{total} requests:", dict(sorted(statuses.items())))
@@ -249,6 +292,13 @@ def test_fuzzing_finds_no_server_error(settings, client):
     assert not server_errors, "\n".join(server_errors)
     # Mutated configs got past the schema to the database, and were refused too.
     assert statuses[MUTATED_LABEL, 201] > 0 and statuses[MUTATED_LABEL, 422] > 0
+    assert statuses[MUTATED_SWEEP_LABEL, 201] > 0 and statuses[MUTATED_SWEEP_LABEL, 422] > 0
     # Seeded rows were hit as well as missing ones.
-    for label in (f"GET {API}/{{experiment_id}}", EVENTS_LABEL, METRICS_LABEL, ADAPTER_LABEL):
+    for label in (
+        f"GET {API}/{{experiment_id}}",
+        EVENTS_LABEL,
+        METRICS_LABEL,
+        ADAPTER_LABEL,
+        SWEEP_LABEL,
+    ):
         assert statuses[label, 200] > 0 and statuses[label, 404] > 0, label

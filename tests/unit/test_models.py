@@ -17,7 +17,14 @@ from peft import PeftModel, get_peft_model_state_dict
 
 from workers import models
 from workers.federated import LoraFactors, LowRank, from_peft_state_dict
-from workers.models import BUILTIN_MODELS, load_model, model_fingerprint, publish_dir
+from workers.models import (
+    BUILTIN_MODELS,
+    declared_pooling,
+    load_model,
+    model_fingerprint,
+    pool_tokens,
+    publish_dir,
+)
 from workers.peft_glue import (
     LoraSettings,
     apply_backbone_delta,
@@ -374,7 +381,8 @@ def test_minilm_loads_as_a_seeded_four_way_classifier():
     other, _ = load_model("minilm-l6", num_labels=4, seed=2)
     assert torch.equal(model.classifier.weight, same.classifier.weight)
     assert not torch.equal(model.classifier.weight, other.classifier.weight)
-    assert type(model).__name__ == "BertForSequenceClassification"
+    assert type(model).__name__ == "PooledBertForSequenceClassification"
+    assert model.pooling == "mean"  # what the checkpoint's 1_Pooling/config.json declares
     assert not model.training and model.config.num_labels == 4
     assert tok.pad_token is not None and tok.padding_side == "right"
     batch = tok(["a cat", "a dog sat on the mat"], padding=True, return_tensors="pt")
@@ -413,6 +421,139 @@ def test_minilm_lora_trains_and_shares_the_head(tmp_path):
     assert all(torch.equal(v, new_head[k]) for k, v in get_head_state(reloaded).items())
 
     assert get_head_state(tiny_peft()) == {}
+
+
+def test_minilm_classifies_from_mean_pooled_tokens_whatever_the_padding():
+    model, tok = load_model("minilm-l6", num_labels=4, seed=0)
+    texts = ["a cat", "a dog sat on the mat and looked at the door"]
+    batch = tok(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        padded = model(**batch).logits
+        alone = torch.cat([model(**tok([t], return_tensors="pt")).logits for t in texts])
+        hidden = model.bert(**batch).last_hidden_state
+        mask = batch["attention_mask"].unsqueeze(-1).float()
+        by_hand = model.classifier((hidden * mask).sum(1) / mask.sum(1))
+    torch.testing.assert_close(padded, alone, rtol=0, atol=1e-5)  # pads do not count
+    torch.testing.assert_close(padded, by_hand, rtol=0, atol=1e-6)
+    assert not any(k.startswith("bert.pooler") for k in model.state_dict())
+
+
+def test_pool_tokens_cls_mean_and_max_skip_padding():
+    hidden = torch.tensor([[[1.0, -2.0], [3.0, 4.0], [100.0, 100.0]]])  # last token is a pad
+    mask = torch.tensor([[1, 1, 0]])
+    assert pool_tokens(hidden, mask, "cls").tolist() == [[1.0, -2.0]]
+    assert pool_tokens(hidden, mask, "mean").tolist() == [[2.0, 1.0]]
+    assert pool_tokens(hidden, mask, "max").tolist() == [[3.0, 4.0]]
+    assert pool_tokens(hidden, None, "mean")[0].tolist() == pytest.approx([104 / 3, 34.0])
+    with pytest.raises(ValueError, match="pooling: unknown 'sum'; allowed: cls, mean, max"):
+        pool_tokens(hidden, mask, "sum")
+
+
+def _pooling_dir(path: Path, **flags: bool) -> Path:
+    (path / "1_Pooling").mkdir(parents=True)
+    config = {"word_embedding_dimension": 8, **{f"pooling_mode_{k}": v for k, v in flags.items()}}
+    (path / "1_Pooling" / "config.json").write_text(json.dumps(config))
+    return path
+
+
+def test_declared_pooling_reads_sentence_transformers_and_our_config(tmp_path):
+    assert declared_pooling(tmp_path) is None  # nothing declared: the model's own head
+    for flag, mode in (("cls_token", "cls"), ("mean_tokens", "mean"), ("max_tokens", "max")):
+        path = _pooling_dir(tmp_path / flag, **{flag: True, "mean_sqrt_len_tokens": False})
+        assert declared_pooling(path) == mode
+    both = _pooling_dir(tmp_path / "both", cls_token=True, mean_tokens=True)
+    with pytest.raises(
+        ValueError,
+        match=r"1_Pooling/config.json: exactly one of .*got "
+        r"pooling_mode_cls_token, pooling_mode_mean_tokens",
+    ):
+        declared_pooling(both)
+    sqrt = _pooling_dir(tmp_path / "sqrt", mean_sqrt_len_tokens=True)
+    with pytest.raises(ValueError, match="got pooling_mode_mean_sqrt_len_tokens"):
+        declared_pooling(sqrt)
+    (both / "config.json").write_text(json.dumps({"classifier_pooling": "max"}))
+    assert declared_pooling(both) == "max"  # a saved classifier's own field wins
+    (both / "config.json").write_text(json.dumps({"classifier_pooling": "first"}))
+    with pytest.raises(ValueError, match="classifier_pooling: unknown pooling 'first'"):
+        declared_pooling(both)
+
+
+def _tiny_bert_dir(path: Path, tok, pooling: dict[str, bool] | None) -> Path:
+    from transformers import BertConfig, BertModel
+
+    config = BertConfig(
+        vocab_size=len(tok),
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+    )
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(path)  # an encoder checkpoint, as sentence-transformers'
+    tok.save_pretrained(path)
+    return path if pooling is None else _pooling_dir(path, **pooling)
+
+
+def test_local_checkpoints_pool_as_declared_or_keep_their_own_head(tmp_path):
+    _, tok = load_model("minilm-l6", num_labels=2, seed=0)
+    plain = _tiny_bert_dir(tmp_path / "plain", tok, None)
+    maxed = _tiny_bert_dir(tmp_path / "max", tok, {"max_tokens": True})
+
+    own, _ = load_model(str(plain), num_labels=3)
+    pooled, _ = load_model(str(maxed), num_labels=3)
+
+    assert type(own).__name__ == "BertForSequenceClassification"
+    assert type(pooled).__name__ == "PooledBertForSequenceClassification"
+    assert pooled.pooling == "max" and pooled.config.num_labels == 3
+    batch = tok(["a cat", "the dog"], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        hidden = pooled.bert(**batch).last_hidden_state
+        want = pooled.classifier(pool_tokens(hidden, batch["attention_mask"], "max"))
+        torch.testing.assert_close(pooled(**batch).logits, want, rtol=0, atol=1e-6)
+    assert torch.equal(  # the encoder weights are the checkpoint's
+        pooled.bert.embeddings.word_embeddings.weight, own.bert.embeddings.word_embeddings.weight
+    )
+
+
+def test_pooling_declared_for_a_type_without_a_pooled_head_keeps_its_own(tmp_path, caplog):
+    from transformers import DistilBertConfig, DistilBertModel
+
+    _, tok = load_model("minilm-l6", num_labels=2, seed=0)
+    config = DistilBertConfig(vocab_size=len(tok), dim=16, n_layers=1, n_heads=2, hidden_dim=32)
+    DistilBertModel(config).save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    _pooling_dir(tmp_path, mean_tokens=True)
+
+    with caplog.at_level("WARNING", logger="workers.models"):
+        model, _ = load_model(str(tmp_path), num_labels=2)
+
+    assert type(model).__name__ == "DistilBertForSequenceClassification"
+    assert "declares mean pooling, but distilbert classifiers keep their own head" in caplog.text
+
+
+def test_minilm_merged_export_reloads_with_its_pooling(tmp_path):
+    model, tok = load_model("minilm-l6", num_labels=4, seed=0)
+    lora = LoraSettings(r=4, target_modules=BUILTIN_MODELS["minilm-l6"].target_modules)
+    peft_model = attach_lora(model, lora, task="seq-cls", seed=0)
+    trained = {  # a trained-sized update: float32 merging keeps such logits within 1e-5
+        k: f.with_factors(f.A, 0.01 * f.B) for k, f in random_factors(peft_model, seed=3).items()
+    }
+    set_lora_factors(peft_model, trained)
+    set_head_state(peft_model, {k: v + 0.1 for k, v in get_head_state(peft_model).items()})
+    peft_model.eval()  # no dropout: the reference must be deterministic
+    batch = tok(["a cat", "a dog sat on the mat"], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        expected = peft_model(**batch).logits
+
+    merged_model(peft_model).save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    reloaded, _ = load_model(str(tmp_path))  # a classifier checkpoint: its own num_labels
+
+    assert json.loads((tmp_path / "config.json").read_text())["classifier_pooling"] == "mean"
+    assert type(reloaded).__name__ == "PooledBertForSequenceClassification"
+    assert models.model_info(str(tmp_path), reloaded).task == "seq-cls"
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(**batch).logits, expected, rtol=0, atol=1e-5)
 
 
 # --- smollm2-135m (real pretrained weights) -------------------------------------------------

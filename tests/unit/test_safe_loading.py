@@ -97,8 +97,9 @@ def unsafe_loading(source: str) -> list[str]:
             loader = _keyword(node, "Loader") or (node.args[1] if len(node.args) > 1 else None)
             if loader is None or _dotted(loader, aliases) not in SAFE_YAML_LOADERS:
                 found.append(f"{line}: YAML load without a safe Loader")
-        if name.endswith(".from_pretrained") and "Tokenizer" not in name:
+        if name.endswith(".from_pretrained") and not ("Tokenizer" in name or "Config" in name):
             # A model checkpoint: safetensors only (a .bin is a pickle), or the GGUF format.
+            # (Configs and tokenizers are JSON and text files: nothing to unpickle.)
             safe = _is(_keyword(node, "use_safetensors"), True) or _keyword(node, "gguf_file")
             if not safe:
                 found.append(f"{line}: from_pretrained without use_safetensors=True")

@@ -5,7 +5,7 @@ No I/O, no Celery, no database: everything here is a function of tensors.
 """
 
 from .aggregate import RoundAggregate, aggregate_round, client_weights, initial_states
-from .diagnostics import LayerDiagnostics
+from .diagnostics import ENERGY_LEVELS, LayerDiagnostics, kept_energy, rank_for_energy
 from .lora import (
     Delta,
     LoraFactors,
@@ -27,9 +27,12 @@ from .strategies import (
     exact_update,
     get_strategy,
 )
-from .svd import SVD_METHODS, exact_svd
+from .svd import FACTOR_SPLITS, FRESH_A_ROW_NORM, SVD_METHODS, exact_svd
 
 __all__ = [
+    "ENERGY_LEVELS",
+    "FACTOR_SPLITS",
+    "FRESH_A_ROW_NORM",
     "STRATEGIES",
     "SVD_METHODS",
     "AggregationOptions",
@@ -50,8 +53,10 @@ __all__ = [
     "from_peft_state_dict",
     "get_strategy",
     "initial_states",
+    "kept_energy",
     "lora_scaling",
     "merge_delta",
+    "rank_for_energy",
     "screen_updates",
     "to_dense",
     "to_peft_state_dict",

@@ -19,7 +19,15 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from .diagnostics import LayerDiagnostics, norm_of_sum, relative, subspace_momentum
+from .diagnostics import (
+    LayerDiagnostics,
+    kept_energy,
+    mean_row_norm,
+    norm_of_sum,
+    rank_for_energy,
+    relative,
+    subspace_momentum,
+)
 from .lora import Delta, LoraFactors, LowRank, cheaper_form, lora_scaling, stack_lowrank, to_dense
 from .svd import (
     FACTOR_SPLITS,
@@ -173,8 +181,10 @@ class Strategy(ABC):
         residuals: Mapping[int, Delta],
         kept: int,
     ) -> tuple[LayerDiagnostics, Tensor | None]:
+        adapter = adapters.get(kept)  # None: clients start from a fresh LoRA (flora)
+        a_norm = None if adapter is None else mean_row_norm(adapter.A)
         if "B" not in self.uploads:  # fedsa: the server never sees B, M is unknown
-            return LayerDiagnostics(None, kept, None, None, None, None), None
+            return LayerDiagnostics(None, kept, None, None, None, None, a_row_norm=a_norm), None
         M = exact_update(clients)
         svd = proposal.svd or exact_svd(M, "factored", rank=kept)
         U_r = svd.U[:, :kept]
@@ -189,14 +199,20 @@ class Strategy(ABC):
             exactness = max(exactness, relative(err, t_norm))
             if k == kept:
                 energy = relative(norm_of_sum([(1.0, target), *_neg(carried)]), t_norm) ** 2
+        spectrum = [float(s) for s in svd.S]
         return (
             LayerDiagnostics(
-                singular_values=[float(s) for s in svd.S],
+                singular_values=spectrum,
                 kept_rank=kept,
                 residual_energy=energy,
                 naive_error=_naive_error(clients, M),
                 exactness_error=exactness,
                 subspace_momentum=subspace_momentum(U_r, state.basis),
+                a_row_norm=a_norm,
+                b_col_norm=None if adapter is None else mean_row_norm(adapter.B.T),
+                global_change_norm=_global_change_norm(state, adapters, residuals, kept, M.B.dtype),
+                rank_for_energy=rank_for_energy(spectrum),
+                kept_energy=kept_energy(spectrum, kept),
             ),
             U_r.to(torch.float32),
         )
@@ -232,6 +248,23 @@ def _carried(f: LoraFactors | None, dtype: torch.dtype) -> list[tuple[float, Del
     return [(f.scaling, LowRank(B=f.B.to(dtype), A=f.A.to(dtype)))]
 
 
+def _global_change_norm(
+    state: LayerState,
+    adapters: Mapping[int, LoraFactors],
+    residuals: Mapping[int, Delta],
+    k: int,
+    dtype: torch.dtype,
+) -> float:
+    """||(W' + s B'A') - (W + s B A)||_F of rank group k: merged residual, new minus old product.
+
+    Factored (QR of the stacked factors, rank <= K + 2r) unless the residual travels dense.
+    """
+    merged = [(1.0, residuals[k])] if k in residuals else []
+    new = _carried(adapters.get(k), dtype)
+    old = _carried(state.adapters.get(k), dtype)
+    return norm_of_sum([*merged, *new, *_neg(old)])
+
+
 def _naive_error(clients: Sequence[Weighted], M: LowRank) -> float | None:
     """||s B_bar A_bar - M|| / ||M||; defined for equal ranks only."""
     if len({c.f.r for c in clients}) != 1:
@@ -252,7 +285,9 @@ def _add(a: Delta | None, b: Delta) -> Delta:
 class FedIT(Strategy):
     name = "fedit"
 
-    def propose(self, round_num, layer, clients, state):  # type: ignore[no-untyped-def]
+    def propose(
+        self, round_num: int, layer: str, clients: Sequence[Weighted], state: LayerState
+    ) -> Proposal:
         f = clients[0].f
         return Proposal({f.r: f.with_factors(A=_mean(clients, "A"), B=_mean(clients, "B"))}, {})
 
@@ -261,7 +296,9 @@ class FFA(Strategy):
     name = "ffa"
     trains = uploads = downloads = ("B",)
 
-    def propose(self, round_num, layer, clients, state):  # type: ignore[no-untyped-def]
+    def propose(
+        self, round_num: int, layer: str, clients: Sequence[Weighted], state: LayerState
+    ) -> Proposal:
         A = clients[0].f.A
         for c in clients[1:]:
             if not torch.allclose(c.f.A, A, rtol=0.0, atol=1e-6 * float(A.abs().max())):
@@ -280,7 +317,9 @@ class FLoRA(Strategy):
     reinit_lora = True
     heterogeneous_ranks = True
 
-    def propose(self, round_num, layer, clients, state):  # type: ignore[no-untyped-def]
+    def propose(
+        self, round_num: int, layer: str, clients: Sequence[Weighted], state: LayerState
+    ) -> Proposal:
         M = exact_update(clients)
         return Proposal({}, {k: M for k in state.ranks})
 
@@ -289,10 +328,12 @@ class FlexLoRA(Strategy):
     name = "flexlora"
     heterogeneous_ranks = True
 
-    def propose(self, round_num, layer, clients, state):  # type: ignore[no-untyped-def]
+    def propose(
+        self, round_num: int, layer: str, clients: Sequence[Weighted], state: LayerState
+    ) -> Proposal:
         M = exact_update(clients)
         svd = self._svd(M, max(state.ranks))
-        adapters = {}
+        adapters: dict[int, LoraFactors] = {}
         for k in state.ranks:
             f = _group_template(clients, k)
             B, A, _ = split_top_r(svd, k, f.scaling, self.options.factor_split)
@@ -304,7 +345,9 @@ class FedEx(Strategy):
     name = "fedex"
     changes_backbone = True
 
-    def propose(self, round_num, layer, clients, state):  # type: ignore[no-untyped-def]
+    def propose(
+        self, round_num: int, layer: str, clients: Sequence[Weighted], state: LayerState
+    ) -> Proposal:
         f = clients[0].f
         A, B = _mean(clients, "A"), _mean(clients, "B")
         M = exact_update(clients)
@@ -317,7 +360,9 @@ class FedSA(Strategy):
     uploads = downloads = ("A",)
     personalised = True
 
-    def propose(self, round_num, layer, clients, state):  # type: ignore[no-untyped-def]
+    def propose(
+        self, round_num: int, layer: str, clients: Sequence[Weighted], state: LayerState
+    ) -> Proposal:
         # B stays local; the global B is the zero a client without its own B starts from.
         f = clients[0].f
         B = torch.zeros_like(f.B)
@@ -329,9 +374,14 @@ class FedMomentum(Strategy):
     changes_backbone = True
     heterogeneous_ranks = True
 
-    def propose(self, round_num, layer, clients, state):  # type: ignore[no-untyped-def]
-        adapters, residuals, targets, pending = {}, {}, {}, {}
-        svd_of_M = None
+    def propose(
+        self, round_num: int, layer: str, clients: Sequence[Weighted], state: LayerState
+    ) -> Proposal:
+        adapters: dict[int, LoraFactors] = {}
+        residuals: dict[int, Delta] = {}
+        targets: dict[int, LowRank] = {}
+        pending: dict[int, Delta] = {}
+        svd_of_M: Svd | None = None
         merge_now = (round_num + 1) % self.options.merge_every == 0
         for k in sorted(state.ranks):
             f = _group_template(clients, k)

@@ -18,8 +18,8 @@ from .lora import Delta, LowRank
 
 SvdMethod = Literal["factored", "randomized", "dense"]
 SVD_METHODS: tuple[str, ...] = ("factored", "randomized", "dense")
-FactorSplit = Literal["sqrt", "b"]
-FACTOR_SPLITS: tuple[str, ...] = ("sqrt", "b")
+FactorSplit = Literal["sqrt", "b", "fresh"]
+FACTOR_SPLITS: tuple[str, ...] = ("sqrt", "b", "fresh")
 
 
 @dataclass(frozen=True)
@@ -115,9 +115,12 @@ def exact_svd(
     raise ValueError(f"svd: unknown method {method!r}; allowed: {', '.join(SVD_METHODS)}")
 
 
-# Row norm of a fresh PEFT lora_A row (kaiming_uniform with a=sqrt(5): entries U(-b, b),
-# b = 1/sqrt(d_in)), used to revive directions whose singular value is zero.
-_FRESH_A_ROW_NORM = 1.0 / math.sqrt(3.0)
+# Row norm of a fresh PEFT lora_A row. PEFT draws lora_A with kaiming_uniform(a=sqrt(5)): gain
+# sqrt(2 / (1 + a^2)) = 1/sqrt(3), bound sqrt(3) * gain / sqrt(fan_in) = 1/sqrt(d_in), so the
+# entries are U(-1/sqrt(d_in), 1/sqrt(d_in)) with variance 1 / (3 d_in), and a row of d_in of
+# them has squared norm 1/3 whatever d_in. Used by the ``fresh`` split and to revive directions
+# whose singular value is zero.
+FRESH_A_ROW_NORM = 1.0 / math.sqrt(3.0)
 
 
 def _complete_basis(V: Tensor, n: int) -> Tensor:
@@ -136,7 +139,10 @@ def split_top_r(
 ) -> tuple[Tensor, Tensor, int]:
     """Top-r directions as LoRA factors (B (d_out, r), A (r, d_in)) with s B A = U_r S_r V_r^T.
 
-    ``sqrt`` puts S^(1/2) in each factor (same scale), ``b`` puts all of S in B.
+    ``sqrt`` puts (S/s)^(1/2) in each factor (same scale), ``b`` puts all of S in B (A's rows
+    orthonormal), ``fresh`` gives A's rows the norm c of a fresh LoRA's (A = c V_r^T,
+    B = U_r S_r / (s c)), so AdamW's roughly fixed step per entry moves the product as it does
+    from a fresh LoRA. All three have the same product U_r S_r V_r^T.
     A kept direction with a (numerically) zero singular value would have zero rows in both
     factors and so zero gradient forever; it gets B = 0 and a fresh unit-scale A row
     instead (its product is zero, so the model is unchanged). Returns (B, A, n_live).
@@ -154,9 +160,12 @@ def split_top_r(
     if split == "sqrt":
         b_scale = torch.sqrt(S / scaling)  # (r,)
         a_scale = torch.sqrt(S / scaling)
-    else:
+    elif split == "b":
         b_scale, a_scale = S / scaling, torch.ones_like(S)
-    a_scale[live:] = _FRESH_A_ROW_NORM
+    else:
+        b_scale = S / (scaling * FRESH_A_ROW_NORM)
+        a_scale = torch.full_like(S, FRESH_A_ROW_NORM)
+    a_scale[live:] = FRESH_A_ROW_NORM
     b_scale[live:] = 0.0
     B = U * b_scale  # (d_out, r)
     A = (V * a_scale).T  # (r, d_in)

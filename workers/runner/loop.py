@@ -25,8 +25,11 @@ def run(
     *,
     progress: bool = True,
     export_rank: int | None = None,
+    write_export: bool = True,
 ) -> list[dict[str, object]]:
-    """Run (or resume) a whole experiment in this process; returns one summary per round."""
+    """Run (or resume) a whole experiment in this process; returns one summary per round.
+    ``write_export=False`` skips export/ (a sweep's many runs: `fedmomentum export` writes
+    it later from the run directory)."""
     from tqdm.auto import tqdm
 
     paths = prepare(cfg, RunPaths.at(root))
@@ -75,7 +78,8 @@ def run(
             log.write(record)
         summaries.append(summary)
         rounds.set_postfix(acc=f"{summary['accuracy']:.3f}", loss=f"{summary['eval_loss']:.3f}")
-    export(paths, export_rank)
+    if write_export:
+        export(paths, export_rank)
     return summaries
 
 

@@ -3,6 +3,7 @@
 import { api, API, follow } from "api";
 import { fill, h, isActive } from "dom";
 import { applyEvent, newRun } from "run-state";
+import { sweepLauncher } from "./launch-sweep.js";
 import { roundsTable, runCharts, runDetails, runHeader } from "runview";
 
 const REDRAW_MS = 250; // at most four redraws a second, however fast events come
@@ -34,6 +35,7 @@ export function render(app, { id }) {
     fill(actions,
       active ? h("button.danger#cancel", { on: { click: cancel } }, "Cancel") : null,
       h("a.button#clone", { href: `#/new?from=${exp.id}` }, "Clone…"),
+      exp.sweep_id ? h("a.button#in-sweep", { href: `#/sweeps/${exp.sweep_id}`, title: "the sweep this run is part of" }, "Its sweep") : null,
       h("a.button#report", { href: `${base}/report`, download: "", "aria-disabled": String(active), class: active ? "button disabled" : "button",
         title: active ? "available when the run has finished" : "one HTML file with every chart (opens offline)" }, "Report (HTML)"));
     const done = exp.status === "completed";
@@ -108,7 +110,8 @@ export function render(app, { id }) {
     }
     if (!alive) return;
     run = newRun(exp);
-    fill(app, head, h("div.toolbar", actions), banner, live, downloads, charts, rounds, details);
+    const launcher = sweepLauncher({ strategies: catalog.strategies, base: () => run.experiment.config });
+    fill(app, head, h("div.toolbar", actions), banner, live, downloads, charts, rounds, details, launcher);
     drawHead();
     fill(details, runDetails(exp, null));
     update = runCharts(charts, run, { live: isActive(exp.status) });

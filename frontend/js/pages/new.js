@@ -3,6 +3,7 @@
 // server validates; its errors appear next to the fields they name.
 import { api, ApiError } from "api";
 import { fill, h } from "dom";
+import { sweepLauncher } from "./launch-sweep.js";
 
 const GROUPS = [ // [config key, title, open by default]
   ["federation", "Federation", true],
@@ -186,7 +187,8 @@ export function render(app, { params }) {
     fill(app,
       h("div.page-head", h("h1", {}, "New experiment"),
         h("label.inline", {}, "Start from ", startFrom)),
-      form);
+      form,
+      sweepLauncher({ strategies: catalog.strategies, base: value, onBaseErrors: showErrors }));
     await prefill(from);
     try {
       const recent = await api("/experiments?limit=100");
