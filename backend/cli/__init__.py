@@ -136,7 +136,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--out", type=Path, help="run directory (default runs/<name>; resumes if present)"
     )
-    run.add_argument("--export-rank", type=int, help="also export one PEFT adapter of this rank")
+    run.add_argument(
+        "--export-rank",
+        type=int,
+        help="rank of the plain PEFT adapter exported (default: the run's rank for strategies "
+        "that change the backbone, none for the others)",
+    )
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     run.set_defaults(func=_run)
     sweep = sub.add_parser(
@@ -170,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.set_defaults(func=_sweep)
     exp = sub.add_parser("export", help="(re)write the export of a run directory")
     exp.add_argument("run", type=Path)
-    exp.add_argument("--rank", type=int, help="also export one PEFT adapter of this rank")
+    exp.add_argument("--rank", type=int, help="rank of the plain PEFT adapter (default as for run)")
     exp.set_defaults(func=_export)
     rep = sub.add_parser("report", help="write a run's charts as one offline HTML file")
     rep.add_argument("run", type=Path, help="a run directory, or an experiment id of the service")

@@ -18,6 +18,7 @@ from pathlib import Path
 from backend.core.catalog import DATASETS, MODELS
 from backend.core.config import ExperimentConfig
 from backend.core.data import load_dataset
+from backend.core.data.files import is_local_hf, parse_hf
 from backend.core.settings import Settings
 
 Problem = tuple[tuple[str, ...], str]  # (field path, message)
@@ -58,9 +59,11 @@ def server_paths(
             problems.append((("model",), f"{why}the server's model roots ({roots}){hub}"))
     if dataset not in DATASETS:
         if dataset.startswith("hf:"):
-            if not allow_hub:
-                why = "hf: datasets need FEDMOMENTUM_ALLOW_HUB on the server"
-                problems.append((("dataset",), why))
+            problem, local = _hf_dataset(dataset, data_roots, allow_hub)
+            if problem:
+                problems.append((("dataset",), problem))
+            elif local:
+                update["dataset"] = local
         elif (real := _under(dataset, data_roots, folder=False)) is not None:
             update["dataset"] = str(real)
         else:
@@ -68,6 +71,26 @@ def server_paths(
             why = f"dataset {dataset!r} is neither a built-in dataset nor a file under "
             problems.append((("dataset",), f"{why}the server's data roots ({roots})"))
     return config.model_copy(update=update), problems
+
+
+def _hf_dataset(
+    dataset: str, data_roots: Sequence[Path], allow_hub: bool
+) -> tuple[str | None, str | None]:
+    """(problem, the spec with its directory made absolute) of an ``hf:`` dataset: a saved
+    directory must lie under the data roots like a file; a Hub id needs allow_hub."""
+    try:
+        target, _, split = parse_hf(dataset)
+    except ValueError as e:
+        return str(e), None
+    if not is_local_hf(target):
+        why = "hf: Hub datasets need FEDMOMENTUM_ALLOW_HUB on the server"
+        return (None if allow_hub else why), None
+    real = _under(target, data_roots, folder=True)
+    if real is None:
+        roots = ", ".join(str(r) for r in data_roots)
+        why = f"dataset {dataset!r} names no dataset directory under the server's data roots"
+        return f"{why} ({roots})", None
+    return None, f"hf:{real}@{split}"
 
 
 @lru_cache(maxsize=64)

@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from backend.core.catalog import CAPABILITIES, DATASETS, MODELS, PARTITIONS, STRATEGIES
+from backend.core.data.files import FILE_SUFFIXES
 
 # The service's Celery queues (backend.core.broker routes by these). A silo's queue is its
 # name, so these, and Celery's own default queue, cannot name a silo.
@@ -69,6 +70,12 @@ class DataConfig(_Strict):
     partition: str = Field("dirichlet", description="iid, dirichlet (over labels) or shards")
     alpha: float = Field(0.5, gt=0, description="Dirichlet concentration: smaller = more non-IID")
     shards_per_client: int = Field(2, gt=0, description="shards partition: label shards per client")
+    # Here rather than under training: it shapes the examples themselves, for evaluation too.
+    chat_template: Literal["auto", "off"] = Field(
+        "auto",
+        description="auto: prompts of language models with a chat template go through it "
+        "(the loss stays on the response); off: the plain prompt text",
+    )
 
     @field_validator("partition")
     @classmethod
@@ -81,7 +88,9 @@ class LoraConfig(_Strict):
     alpha: float = Field(16.0, gt=0, description="LoRA alpha; scaling = alpha / r")
     dropout: float = Field(0.05, ge=0, lt=1, description="LoRA dropout while training")
     target_modules: list[str] | None = Field(
-        None, description="default: the model's q/v projections"
+        None,
+        description="default: PEFT's targets for the model's architecture (q_proj/v_proj for "
+        "Llama, query/value for BERT)",
     )
     rslora: bool = Field(False, description="scaling alpha / sqrt(r)")
 
@@ -190,7 +199,11 @@ class ExperimentConfig(_Strict):
         0, ge=0, lt=2**32, description="data split, sampling and initialisation"
     )  # torch seeds must fit 64 bits, also after the runner's per-round arithmetic
     model: str = Field("smollm2-135m", description="built-in name or a local HF model directory")
-    dataset: str = Field("wordnet-topics", description="built-in name or a .jsonl/.csv path")
+    dataset: str = Field(
+        "wordnet-topics",
+        description="built-in name, a .jsonl/.json/.csv/.parquet path, or "
+        "hf:<hub id>[:<config>][@<split>] / hf:<saved directory>[@<split>] (the `hf` extra)",
+    )
     strategy: str = Field("fedmomentum", description="how client LoRAs are aggregated")
     device: str = Field("auto", description="auto (CUDA when present), cpu or cuda[:N]")
     data: DataConfig = DataConfig()
@@ -220,10 +233,11 @@ class ExperimentConfig(_Strict):
     @field_validator("dataset")
     @classmethod
     def _dataset(cls, v: str) -> str:
-        if v in DATASETS or v.endswith((".jsonl", ".csv")) or v.startswith("hf:"):
+        if v in DATASETS or v.lower().endswith(FILE_SUFFIXES) or v.startswith("hf:"):
             return v
+        files = "/".join(FILE_SUFFIXES)
         raise ValueError(
-            f"unknown dataset {v!r}; allowed: {', '.join(DATASETS)}, a .jsonl/.csv path, or hf:<id>"
+            f"unknown dataset {v!r}; allowed: {', '.join(DATASETS)}, a {files} path, or hf:<id>"
         )
 
     @field_validator("device")

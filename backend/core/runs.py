@@ -90,7 +90,8 @@ EXPORT_HELP: dict[str, str] = {
     "adapter": "PEFT adapter (adapter_config.json + safetensors) with the merged backbone delta",
     "merged": "the full model with the adapter and every merged residual folded in",
     "delta": "backbone_delta.safetensors: the residual merged into W over all rounds",
-    "adapter-rank": "the final update truncated to a rank-N PEFT adapter (no backbone change)",
+    "adapter-rank": "one plain rank-N PEFT adapter approximating the whole change (backbone "
+    "delta included), for single-adapter serving; its relative error is in export.json",
 }
 _CHUNK = 1 << 20  # bytes read per write into the zip stream
 
@@ -144,6 +145,17 @@ def read_manifest(runs: Store, experiment_id: str) -> dict[str, Any]:
             f"experiment {experiment_id!r} has no manifest yet (written when its run starts)"
         )
     return root.read_json(RunPaths.manifest)  # type: ignore[no-any-return]
+
+
+def read_export_info(runs: Store, experiment_id: str) -> dict[str, Any]:
+    """The run's export.json (base model, the rank-N adapter and its relative error);
+    FileNotFoundError until the experiment has been exported."""
+    root = run_dir(runs, experiment_id)
+    if not (root.committed(RunPaths.export) and root.files(RunPaths.export_info)):
+        raise FileNotFoundError(
+            f"experiment {experiment_id!r} has no export yet (written when it completes)"
+        )
+    return root.read_json(RunPaths.export_info)  # type: ignore[no-any-return]
 
 
 def round_state_path(runs: Store, experiment_id: str, round_num: int) -> str:

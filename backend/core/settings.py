@@ -63,7 +63,7 @@ class Settings(BaseSettings):
     api_token: SecretStr | None = None
     open_reads: bool = False
     # Cross-silo: silo name -> this worker's data for the clients pinned to that silo (a
-    # .jsonl/.csv path on this machine), as JSON, e.g. {"hospital-a": "/data/a.jsonl"}.
+    # data file or hf: dataset on this machine), as JSON, e.g. {"hospital-a": "/data/a.jsonl"}.
     silo_data: dict[str, str] = {}
     # Request limits (per API process): the largest request body (413 beyond it; a config is
     # a few kB, a 10,000-client silo map ~60 kB), and the event streams (SSE) one client

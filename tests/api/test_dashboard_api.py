@@ -90,6 +90,20 @@ def test_manifest_is_404_until_the_run_starts_then_served(client, create, settin
     assert client.get(url).json() == {"seed": 3, "model": "tiny-llama"}
 
 
+def test_export_info_is_404_until_exported_then_gives_the_rank_adapters_error(
+    client, create, settings
+):
+    experiment = create()
+    url = f"{API}/{experiment['id']}/export"
+    missing = client.get(url)
+    assert missing.status_code == 404 and "no export yet" in missing.json()["detail"]
+    info = {"base_model": "tiny-llama", "adapter_rank": {"rank": 4, "relative_error": 0.02}}
+    export = settings.runs_dir / experiment["id"] / "export"
+    export.mkdir(parents=True)
+    (export / "export.json").write_text(json.dumps(info))
+    assert client.get(url).json() == info
+
+
 def test_report_embeds_the_events_the_modules_and_plotly(client, create, session):
     from backend.db.events import add_event
 

@@ -17,7 +17,7 @@ from backend.core.catalog import STRATEGIES
 from backend.core.config import parse_config
 from backend.core.runs import RunPaths
 from workers.evaluation import eval_loss, score
-from workers.models import load_model
+from workers.models import load_model, portable_name
 from workers.runner import (
     TooFewUpdates,
     aggregate,
@@ -30,6 +30,7 @@ from workers.runner import (
     run,
     train_client,
 )
+from workers.runner.exports import _readme
 
 TINY = {
     "model": "tiny-llama",
@@ -113,6 +114,70 @@ def test_rank_q_export_reports_its_error(finished_run):
     assert info["adapter_rank"]["rank"] == 2
     assert 0.0 < info["adapter_rank"]["relative_error"] < 1.0
     assert (finished_run / "export" / "adapter-rank" / "adapter_model.safetensors").exists()
+
+
+@pytest.fixture(scope="module")
+def default_export(tmp_path_factory) -> Path:
+    """A fedmomentum run exported without a rank asked for."""
+    root = tmp_path_factory.mktemp("fedmomentum-default-export")
+    run(parse_config(tiny(name="default-export")), root, progress=False)
+    return root
+
+
+def test_default_export_has_the_rank_r_adapter_within_its_reported_error(default_export):
+    export = default_export / "export"
+    info = json.loads((export / "export.json").read_text())
+    reported = info["adapter_rank"]["relative_error"]
+    base, _ = load_model("tiny-llama", seed=0)
+    original = {k: v.clone() for k, v in base.state_dict().items()}
+
+    single = PeftModel.from_pretrained(base, str(export / "adapter-rank")).merge_and_unload()
+    merged = AutoModelForCausalLM.from_pretrained(export / "merged").state_dict()
+
+    assert info["adapter_rank"]["rank"] == 4 and 0.0 < reported < 1.0  # the run's rank
+    got = single.state_dict()
+    changed = [k for k in merged if not torch.equal(merged[k], original[k])]
+    assert changed and all(k.endswith(("q_proj.weight", "v_proj.weight")) for k in changed)
+    assert all(torch.equal(got[k], original[k]) for k in merged if k not in changed)
+    miss = sum(float((merged[k].double() - got[k].double()).square().sum()) for k in changed)
+    whole = sum(float((merged[k].double() - original[k].double()).square().sum()) for k in changed)
+    assert math.sqrt(miss / whole) == pytest.approx(reported, rel=1e-3)
+
+
+def test_export_names_a_portable_base_never_a_path(default_export, tmp_path):
+    export = default_export / "export"
+    info = json.loads((export / "export.json").read_text())
+    assert info["base_model"] == "tiny-llama"
+    for adapter in ("adapter", "adapter-rank"):
+        config = json.loads((export / adapter / "adapter_config.json").read_text())
+        assert config["base_model_name_or_path"] == "tiny-llama"
+    readme = (export / "adapter" / "README.md").read_text()
+    assert "Base model: `tiny-llama`" in readme and "rank 4" in readme
+    assert f"{info['adapter_rank']['relative_error']:.4g}" in readme
+    manifest = json.loads((default_export / "manifest.json").read_text())
+    assert manifest["base_model"] == "tiny-llama" and "seed 0" in manifest["model_source"]
+
+
+def test_export_of_a_strategy_that_keeps_the_backbone_has_no_rank_adapter(tmp_path):
+    fed = {"num_clients": 3, "clients_per_round": 3, "rounds": 1}
+    cfg = parse_config(tiny(strategy="fedit", name="fedit", federation=fed))
+    run(cfg, tmp_path, progress=False)
+
+    info = json.loads((tmp_path / "export" / "export.json").read_text())
+    assert "adapter_rank" not in info and not (tmp_path / "export" / "adapter-rank").exists()
+    assert "No rank-N adapter" in (tmp_path / "export" / "adapter" / "README.md").read_text()
+
+
+def test_export_readme_says_the_builtin_smollm2_is_the_dequantised_gguf():
+    cfg = parse_config({"model": "smollm2-135m"})
+    info = {"adapter_rank": {"rank": 8, "relative_error": 0.25}}
+
+    readme = _readme(cfg, "causal-lm", portable_name(cfg.model), 4, info)
+
+    assert "Base model: `HuggingFaceTB/SmolLM2-135M-Instruct`" in readme
+    assert "Q4_1 GGUF" in readme and "dequantised to float32" in readme
+    assert 'AutoModelForCausalLM.from_pretrained("HuggingFaceTB/SmolLM2-135M-Instruct"' in readme
+    assert "rank 8" in readme and "0.25" in readme
 
 
 def test_heterogeneous_ranks_stay_exact(tmp_path):
@@ -234,7 +299,12 @@ def test_a_local_model_directory_runs(tmp_path):
     summaries = run(cfg, tmp_path / "run", progress=False)
 
     assert len(summaries) == 1 and math.isfinite(summaries[0]["eval_loss"])
-    assert (tmp_path / "run" / "export" / "merged" / "config.json").exists()
+    export = tmp_path / "run" / "export"
+    assert (export / "merged" / "config.json").exists()
+    config = json.loads((export / "adapter" / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == "model"  # the folder's name, not its path
+    for path in export.rglob("*.json"):  # no file of the export tells this machine's paths
+        assert str(tmp_path) not in path.read_text(), path
 
 
 def test_unreadable_uploads_are_excluded_and_too_few_usable_ones_commit_nothing(tmp_path):

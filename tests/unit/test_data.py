@@ -193,7 +193,11 @@ def test_gsm8k_style_file_uses_exact_match(tmp_path: Path) -> None:
         ),
         (".jsonl", '["a", "b"]\n', r"bad\.jsonl: line 1: expected a JSON object"),
         (".csv", "text,label\nhello,x\nworld,\n", r"bad\.csv: line 3: missing column 'label'"),
-        (".csv", "question\nwhat\nwhy\n", r"bad\.csv: line 2: missing column 'prompt'"),
+        (
+            ".csv",
+            "question\nwhat\nwhy\n",
+            r"bad\.csv: unknown layout; columns found: question; layouts accepted: chat",
+        ),
         (".jsonl", '{"prompt": "a", "response": "b"}\n', r"at least 2 examples"),
     ],
 )
@@ -210,7 +214,8 @@ def test_bad_user_files(tmp_path: Path, suffix: str, content: str, message: str)
         (
             "x",
             {},
-            "dataset: unknown 'x'; allowed: wordnet-topics, arith, chatterbot, or a .jsonl/.csv",
+            "dataset: unknown 'x'; allowed: wordnet-topics, arith, chatterbot, a "
+            ".jsonl/.json/.csv/.parquet path, or hf:<id>",
         ),
         ("missing.csv", {}, "dataset: file not found"),
         ("arith", {"n_train": 0}, "n_train: must be >= 1"),

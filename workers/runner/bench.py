@@ -33,6 +33,11 @@ def lora_settings(
     cfg: ExperimentConfig, rank: int, default_targets: tuple[str, ...]
 ) -> peft_glue.LoraSettings:
     targets = cfg.lora.target_modules or list(default_targets)
+    if not targets:
+        raise ValueError(
+            f"lora.target_modules: PEFT has no default LoRA targets for model {cfg.model!r}; "
+            "name its attention projections (e.g. [q_proj, v_proj])"
+        )
     return peft_glue.LoraSettings(
         r=rank,
         alpha=cfg.lora.alpha,
@@ -84,7 +89,14 @@ def _encoded(model_key: str, max_length: int, rank: int, split: str) -> list[Enc
     cfg = ExperimentConfig.model_validate_json(model_key)
     bench, task = bench_for(cfg, rank), task_of(cfg)
     examples = task.train if split == "train" else task.eval
-    return encode(examples, bench.tokenizer, max_length, bench.kind, task.labels)
+    return encode(
+        examples,
+        bench.tokenizer,
+        max_length,
+        bench.kind,
+        task.labels,
+        chat_template=cfg.data.chat_template,
+    )
 
 
 def encoded(cfg: ExperimentConfig, rank: int, split: str) -> list[Encoded]:

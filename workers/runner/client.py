@@ -65,7 +65,14 @@ def _train(
     else:  # cross-silo: this worker's own data; the server holds none of it
         examples = silo_examples(cfg, client)
         task = task_of(cfg)  # the label set (classifiers) is the experiment's
-        data = encode(examples, bench.tokenizer, cfg.training.max_length, bench.kind, task.labels)
+        data = encode(
+            examples,
+            bench.tokenizer,
+            cfg.training.max_length,
+            bench.kind,
+            task.labels,
+            chat_template=cfg.data.chat_template,
+        )
     t0 = time.perf_counter()
     losses = train_local(
         bench.model,

@@ -14,7 +14,7 @@ from backend.core.data import split_hash
 from backend.core.runs import RunPaths
 from workers import peft_glue
 from workers.artifacts import save_tensors
-from workers.models import model_fingerprint
+from workers.models import model_fingerprint, model_source, portable_name
 from workers.runner.bench import bench_for, fresh_adapter, resolve_device
 from workers.runner.clients import client_indices, task_of
 from workers.runner.state import load_run_config
@@ -55,6 +55,8 @@ def _manifest(cfg: ExperimentConfig, data_hash: str) -> dict[str, object]:
         "seed": cfg.seed,
         "model": cfg.model,
         "model_fingerprint": model_fingerprint(cfg.model),
+        "base_model": portable_name(cfg.model),  # what exported adapters name as their base
+        "model_source": model_source(cfg.model, cfg.seed),  # where these weights came from
         "dataset": cfg.dataset,
         "split_hash": data_hash,
         "packages": {p: version(p) for p in _PACKAGES},

@@ -13,13 +13,15 @@ from pathlib import Path
 from backend.core.catalog import DATASETS
 from backend.core.data.arith import load_arith
 from backend.core.data.chatterbot import load_chatterbot
-from backend.core.data.files import load_file, load_hub
+from backend.core.data.files import FILE_SUFFIXES, LAYOUTS, load_file, load_hub
 from backend.core.data.partition import METHODS, partition, split_hash
 from backend.core.data.task import Example, TaskData
 from backend.core.data.wordnet import load_wordnet
 
 __all__ = [
     "DATASETS",
+    "FILE_SUFFIXES",
+    "LAYOUTS",
     "METHODS",
     "Example",
     "TaskData",
@@ -38,7 +40,8 @@ _LOADERS: dict[str, Callable[[int, int | None, int | None], TaskData]] = {
 def load_dataset(
     name: str, *, seed: int = 0, n_train: int | None = None, n_eval: int | None = None
 ) -> TaskData:
-    """A built-in dataset, a user .jsonl/.csv path, or "hf:<hub id>" (online only)."""
+    """A built-in dataset, a user .jsonl/.json/.csv/.parquet path, or an ``hf:`` dataset
+    (``hf:<hub id>[:<config>][@<split>]`` online, ``hf:<saved directory>[@<split>]``)."""
     for field, value in (("n_train", n_train), ("n_eval", n_eval)):
         if value is not None and value < 1:
             raise ValueError(f"{field}: must be >= 1 (got {value})")
@@ -46,7 +49,8 @@ def load_dataset(
         return _LOADERS[name](seed, n_train, n_eval)
     if name.startswith("hf:"):
         return load_hub(name, seed, n_train, n_eval)
-    if name.lower().endswith((".jsonl", ".csv")):
+    if name.lower().endswith(FILE_SUFFIXES):
         return load_file(Path(name), seed, n_train, n_eval)
     allowed = ", ".join(_LOADERS)
-    raise ValueError(f"dataset: unknown {name!r}; allowed: {allowed}, or a .jsonl/.csv path")
+    files = "/".join(FILE_SUFFIXES)
+    raise ValueError(f"dataset: unknown {name!r}; allowed: {allowed}, a {files} path, or hf:<id>")

@@ -11,11 +11,17 @@ SCORINGS = ("number", "label", "contains")
 
 @dataclass(frozen=True)
 class Example:
-    """One instruction example; ``label`` is its topic (and the class for classification)."""
+    """One instruction example; ``label`` is its topic (and the class for classification).
+
+    ``messages`` is the conversation before the response as (role, content) turns, for
+    models with a chat template; empty means one user turn holding ``prompt``, the plain-text
+    form used without a template.
+    """
 
     prompt: str
     response: str
     label: str
+    messages: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)

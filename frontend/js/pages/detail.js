@@ -14,6 +14,7 @@ export function render(app, { id }) {
   let alive = true;
   let catalog = null;
   let manifest = null;
+  let exported = null; // export.json: the rank-N adapter's rank and relative error
   const head = h("div#run-head");
   const actions = h("div.actions");
   const banner = h("div.banner.reconnecting#reconnecting", { role: "status", hidden: true },
@@ -39,10 +40,17 @@ export function render(app, { id }) {
         title: active ? "available when the run has finished" : "one HTML file with every chart (opens offline)" }, "Report (HTML)"));
     const done = exp.status === "completed";
     fill(downloads, h("h3", {}, "Downloads"),
-      h("div.download-buttons", (catalog?.exports ?? []).map((f) =>
-        h("a.button", { href: `${base}/download?format=${f.name}`, download: "", id: `download-${f.name}`,
-          class: done ? "button" : "button disabled", "aria-disabled": String(!done),
-          title: done ? f.description : "written when the experiment completes" }, f.name))),
+      h("div.download-buttons", (catalog?.exports ?? []).map((f) => {
+        // The rank-N adapter is written for some strategies only; say so rather than 404.
+        const absent = f.name === "adapter-rank" && exported && !exported.adapter_rank;
+        const ready = done && !absent;
+        const button = h("a.button", { href: `${base}/download?format=${f.name}`, download: "", id: `download-${f.name}`,
+          class: ready ? "button" : "button disabled", "aria-disabled": String(!ready),
+          title: absent ? "not written: this strategy's adapter is the whole change"
+            : done ? f.description : "written when the experiment completes" }, f.name);
+        const note = f.name === "adapter-rank" ? rankNote(exported?.adapter_rank) : null;
+        return note ? h("span.download-with-note", {}, button, note) : button;
+      })),
       h("p.help", {}, done ? "Zip archives of the final model. Each round's global adapter is in the rounds table."
         : "Exports are written when the experiment completes; each aggregated round's adapter is below."));
   }
@@ -69,6 +77,10 @@ export function render(app, { id }) {
       const exp = await api(`/experiments/${encodeURIComponent(id)}`);
       if (!alive) return;
       run.experiment = exp;
+      if (exp.status === "completed" && !exported) {
+        exported = await api(`/experiments/${encodeURIComponent(id)}/export`).catch(() => null);
+        if (!alive) return;
+      }
       drawHead();
       if (!manifest && exp.status !== "queued") {
         manifest = await api(`/experiments/${encodeURIComponent(id)}/manifest`).catch(() => null);
@@ -119,4 +131,13 @@ export function render(app, { id }) {
   })();
 
   return () => { alive = false; stop?.(); clearTimeout(timer); };
+}
+
+/** "rank r, error e" beside the rank-N adapter's download: how far the single plain adapter
+ * is from the whole fine-tuned change (relative Frobenius error over the adapted layers). */
+function rankNote(ranked) {
+  if (!ranked) return null;
+  const error = Number(ranked.relative_error);
+  return h("span.help.download-note", { id: "adapter-rank-error", title: "relative error of the single plain adapter against the whole change (backbone delta and adapter)" },
+    `rank ${ranked.rank}, relative error ${error < 1e-3 ? error.toExponential(1) : error.toFixed(3)}`);
 }

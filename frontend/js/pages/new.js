@@ -100,7 +100,7 @@ export function render(app, { params }) {
     const choices = {
       strategy: { entries: catalog.strategies },
       model: { entries: catalog.models, other: "local model directory or hub id" },
-      dataset: { entries: catalog.datasets, other: ".jsonl/.csv path or hf:<id>" },
+      dataset: { entries: catalog.datasets, other: ".jsonl/.json/.csv/.parquet path or hf:<id>[@split]" },
       "data.partition": { entries: catalog.partitions.map((p) => ({ name: p, description: "" })) },
     };
     fields = [];
