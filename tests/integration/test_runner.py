@@ -245,6 +245,30 @@ def test_sequence_classification_with_minilm(tmp_path):
     assert max(d["exactness_error"] for d in records(tmp_path, "diagnostics")) < 1e-5
 
 
+def test_runs_in_one_process_start_from_the_same_classifier_head(tmp_path):
+    """The loaded model is cached per process (a worker, a sweep): the second run must start
+    from the head as initialised, not from the head the first run trained."""
+    base = {
+        "name": "heads",
+        "model": "minilm-l6",
+        "dataset": "wordnet-topics",
+        "data": {"n_train": 40, "n_eval": 10, "partition": "iid"},
+        "lora": {"rank": 4, "alpha": 8, "dropout": 0.0},
+        "federation": {"num_clients": 2, "clients_per_round": 2, "rounds": 1},
+        "training": {"local_steps": 2, "batch_size": 8, "max_length": 32, "lr": 0.01},
+    }
+    run(parse_config({**base, "strategy": "fedit"}), tmp_path / "a", progress=False)
+    run(parse_config({**base, "strategy": "fedex"}), tmp_path / "b", progress=False)
+
+    start_a, _ = read_group(RunPaths.at(tmp_path / "a"), 0, 4)
+    start_b, _ = read_group(RunPaths.at(tmp_path / "b"), 0, 4)
+    trained_a, _ = read_group(RunPaths.at(tmp_path / "a"), 1, 4)
+    heads = [k for k in start_a if k.startswith("head.")]
+    assert heads
+    assert any(not torch.equal(start_a[k], trained_a[k]) for k in heads)  # run a trained it
+    assert all(torch.equal(start_a[k], start_b[k]) for k in heads)
+
+
 @pytest.mark.slow
 def test_minilm_learns_wordnet_topics_in_three_rounds(tmp_path):
     """The classifier reads the mean-pooled tokens all-MiniLM-L6-v2 was trained to produce.

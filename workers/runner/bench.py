@@ -49,13 +49,16 @@ def lora_settings(
 
 @dataclass
 class Bench:
-    """One loaded model with a LoRA of one rank, and the pristine weights of adapted layers."""
+    """One loaded model with a LoRA of one rank, and the pristine weights of adapted layers
+    and of the fully trained head (a classifier's): a cached bench is shared by every run of
+    this process with the same model, so each run starts from these, not from the last."""
 
     model: torch.nn.Module
     tokenizer: object
     kind: str
     base: dict[str, torch.Tensor]  # layer -> original base weight
     device: torch.device
+    head: dict[str, torch.Tensor]  # the head as initialised (empty for causal LMs)
 
 
 @lru_cache(maxsize=4)  # one per rank group of a heterogeneous run
@@ -69,7 +72,8 @@ def _bench(cfg_json: str, rank: int) -> Bench:
     device = resolve_device(cfg.device)
     peft = peft_glue.attach_lora(model, settings, task=info.task, seed=cfg.seed).to(device)
     base = {name: w.detach().clone() for name, w in peft_glue.base_weights(peft).items()}
-    return Bench(peft, tokenizer, info.task, base, device)
+    head = {k: v.detach().clone() for k, v in peft_glue.get_head_state(peft).items()}
+    return Bench(peft, tokenizer, info.task, base, device, head)
 
 
 def bench_for(cfg: ExperimentConfig, rank: int) -> Bench:

@@ -12,7 +12,6 @@ import yaml
 from backend.core.config import ExperimentConfig
 from backend.core.data import split_hash
 from backend.core.runs import RunPaths
-from workers import peft_glue
 from workers.artifacts import save_tensors
 from workers.models import model_fingerprint, model_source, portable_name
 from workers.runner.bench import bench_for, fresh_adapter, resolve_device
@@ -46,8 +45,7 @@ def prepare(cfg: ExperimentConfig, paths: RunPaths) -> RunPaths:
 def _initial_adapter(cfg: ExperimentConfig, rank: int) -> dict[str, torch.Tensor]:
     bench = bench_for(cfg, rank)
     adapter = fresh_adapter(bench, cfg.seed)
-    head = peft_glue.get_head_state(bench.model)
-    return {**adapter, **{f"head.{k}": v for k, v in head.items()}}
+    return {**adapter, **{f"head.{k}": v for k, v in bench.head.items()}}
 
 
 def _manifest(cfg: ExperimentConfig, data_hash: str) -> dict[str, object]:
