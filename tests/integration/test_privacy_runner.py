@@ -8,11 +8,12 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 from opacus.accountants import RDPAccountant
 
 from backend.core.config import parse_config
 from backend.core.runs import RunPaths
-from workers.runner import prepare, run, sample_clients
+from workers.runner import prepare, read_group, run, sample_clients
 from workers.runner.privacy import PrivacyBudgetExceeded, epsilon
 
 TINY = {
@@ -67,3 +68,37 @@ def test_a_target_epsilon_no_noise_can_meet_refuses_to_start(tmp_path):
     with pytest.raises(PrivacyBudgetExceeded, match="privacy.target_epsilon"):
         prepare(cfg, RunPaths.at(tmp_path))
     assert not (tmp_path / "config.yaml").exists()
+
+
+@pytest.mark.parametrize("mode", ["central", "local"])
+def test_a_classifier_head_is_released_privately_too(mode, tmp_path):
+    cfg = parse_config(
+        {
+            "name": "minilm-dp",
+            "model": "minilm-l6",
+            "dataset": "wordnet-topics",
+            "strategy": "fedex",
+            "data": {"n_train": 40, "n_eval": 10, "partition": "iid"},
+            "lora": {"rank": 4, "alpha": 8, "dropout": 0.0},
+            "federation": {"num_clients": 2, "clients_per_round": 2, "rounds": 1},
+            "training": {"local_steps": 2, "batch_size": 8, "max_length": 48, "lr": 0.005},
+            "privacy": {"mode": mode, "clip": 0.5, "noise_multiplier": 0.5},
+        }
+    )
+
+    run(cfg, tmp_path, progress=False)
+
+    paths = RunPaths.at(tmp_path)
+    before, _ = read_group(paths, 0, 4)
+    after, _ = read_group(paths, 1, 4)
+    heads = [k for k in after if k.startswith("head.")]
+    assert heads and all(torch.isfinite(after[k]).all() for k in heads)
+    change = math.sqrt(sum(float(((after[k] - before[k]) ** 2).sum()) for k in heads))
+    # The noise on the head's numbers has std 0.125 (central: sigma C / n) or, the mean of the
+    # two clients' own noise of std sigma C = 0.25, 0.25 / sqrt(2) (local); the clipped
+    # change itself is at most C. Thousands of numbers: the noise's norm is within a few %.
+    numel = sum(after[k].numel() for k in heads)
+    noise = (0.125 if mode == "central" else 0.25 / math.sqrt(2)) * math.sqrt(numel)
+    assert 0.8 * noise - 0.5 < change < 1.2 * noise + 0.5
+    (rec,) = rounds(tmp_path)
+    assert rec["privacy"] == mode and rec["epsilon"] == epsilon(0.5, 1.0, 1, 1e-5)

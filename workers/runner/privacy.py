@@ -55,7 +55,9 @@ def epsilon(noise_multiplier: float, q: float, steps: int, delta: float) -> floa
         return math.inf
     accountant = RDPAccountant()
     accountant.history = [(noise_multiplier, q, steps)]
-    return float(accountant.get_epsilon(delta=delta))
+    with warnings.catch_warnings():  # "optimal order is the largest alpha": still an upper bound
+        warnings.simplefilter("ignore", UserWarning)
+        return float(accountant.get_epsilon(delta=delta))
 
 
 @lru_cache(maxsize=32)
