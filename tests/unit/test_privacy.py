@@ -361,3 +361,18 @@ def test_local_mode_accounts_the_most_sampled_client_without_amplification():
 def test_bad_privacy_configs_name_the_field(privacy, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
         parse_config({"privacy": privacy})
+
+
+def test_bad_round_inputs_name_the_layer_and_client():
+    states = broadcast(15)
+    u = trained(states, 16, counts=(10,), scale=(0.1,))[0]
+    partial = ClientUpdate("c0", 10, {LAYERS[0]: u.layers[LAYERS[0]]})
+    with pytest.raises(ValueError, match=rf"layer '{LAYERS[1]}', client 'c0': missing"):
+        central_round("fedit", [partial], states, DpParams(1.0, 1.0), torch.Generator())
+    bare = {k: LayerState(ranks=frozenset({RANK})) for k in LAYERS}  # no broadcast adapter
+    with pytest.raises(ValueError, match="needs the adapter of rank 4"):
+        central_round("fedit", [u], bare, DpParams(1.0, 1.0), torch.Generator())
+    with pytest.raises(ValueError, match="strategy: unknown 'fedavg'"):
+        central_round("fedavg", [u], states, DpParams(1.0, 1.0), torch.Generator())
+    with pytest.raises(ValueError, match="clip: must be a finite number > 0"):
+        DpParams(0.0, 1.0)

@@ -272,6 +272,9 @@ def central_round(
 
 def _starts(u: ClientUpdate, states: Mapping[str, LayerState]) -> dict[str, LoraFactors]:
     """The adapter each layer of this client trained from: its rank group's broadcast."""
+    missing = sorted(set(states) - set(u.layers))
+    if missing:
+        raise ValueError(f"layer {missing[0]!r}, client {u.client_id!r}: missing from the update")
     out = {}
     for name, f in u.layers.items():
         state = states.get(name)
