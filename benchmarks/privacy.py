@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/privacy.py [--config examples/demo.yaml]
         [--strategies fedmomentum,fedit] [--noise 0.01,0.1,1.0] [--rounds N]
-        [--local-steps N] [--delta 1e-5] [--out runs/privacy] [--json]
+        [--local-steps N] [--lr LR] [--delta 1e-5] [--out runs/privacy] [--json]
 
 Per strategy, first a run with privacy on but no noise and no clipping (sigma 0, clip 1e9:
 the strategy with uniform client weights, the reference); its round-0 median update norm is
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 from pathlib import Path
 
 from backend.core.config import ExperimentConfig, load_config
@@ -35,8 +36,20 @@ def variant(
     return ExperimentConfig.model_validate(data)
 
 
+def _run(cfg_json: str, out: Path) -> None:
+    run(ExperimentConfig.model_validate_json(cfg_json), out, progress=False)
+
+
 def measure(cfg: ExperimentConfig, out: Path) -> dict[str, object]:
-    run(cfg, out, progress=False)  # resumes a finished or interrupted run
+    # Each run in a fresh process: the runner caches loaded models per process, and a cached
+    # classifier head keeps what the previous run trained into it.
+    proc = multiprocessing.get_context("spawn").Process(
+        target=_run, args=(cfg.model_dump_json(), out)
+    )
+    proc.start()  # resumes a finished or interrupted run
+    proc.join()
+    if proc.exitcode != 0:
+        raise RuntimeError(f"{cfg.name}: the run exited with {proc.exitcode}")
     records = [json.loads(line) for line in (out / "metrics.jsonl").open()]
     rounds = [r for r in records if r["kind"] == "round"]
     return {
@@ -62,6 +75,7 @@ def main() -> None:
     parser.add_argument("--noise", default="0.01,0.1,1.0", help="noise multipliers sigma")
     parser.add_argument("--rounds", type=int)
     parser.add_argument("--local-steps", type=int)
+    parser.add_argument("--lr", type=float)
     parser.add_argument("--delta", type=float, default=1e-5)
     parser.add_argument("--out", type=Path, default=Path("runs/privacy"))
     parser.add_argument("--json", action="store_true")
@@ -69,7 +83,10 @@ def main() -> None:
     base = load_config(args.config)
     fed = base.federation.model_copy(update={"rounds": args.rounds or base.federation.rounds})
     train = base.training.model_copy(
-        update={"local_steps": args.local_steps or base.training.local_steps}
+        update={
+            "local_steps": args.local_steps or base.training.local_steps,
+            "lr": args.lr or base.training.lr,
+        }
     )
     base = base.model_copy(update={"federation": fed, "training": train})
     rows = []
@@ -77,7 +94,7 @@ def main() -> None:
         ref = measure(variant(base, strategy, 0.0, NO_CLIP, args.delta), args.out / strategy / "0")
         rows.append(ref)
         clip = float(ref["median_norm_round0"])  # type: ignore[arg-type]
-        for sigma in (float(s) for s in args.noise.split(",")):
+        for sigma in (float(s) for s in args.noise.split(",") if s):
             cfg = variant(base, strategy, sigma, clip, args.delta)
             rows.append(measure(cfg, args.out / strategy / f"{sigma:g}"))
     if args.json:
