@@ -156,6 +156,10 @@ def _continue(job: Job, t: int) -> str:
         return "stale"
     if t >= job.cfg.federation.rounds:
         return _complete(job)
+    try:
+        runner.check_budget(job.cfg, t)  # stop before a round past privacy.target_epsilon
+    except runner.PrivacyBudgetExceeded as e:
+        return job.fail(str(e))
     with job.db() as db:
         row = results.get_round(db, experiment_id=job.experiment_id, round_num=t)
         attempt = row.attempt if row is not None else 0

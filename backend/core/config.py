@@ -191,6 +191,48 @@ class EvalConfig(_Strict):
     max_new_tokens: int | None = Field(None, gt=0, description="default: longest answer + 2")
 
 
+class PrivacyConfig(_Strict):
+    """Differential privacy of the client updates (workers/federated/privacy.py says how the
+    noise enters each strategy). One client is one user."""
+
+    mode: Literal["off", "central", "local"] = Field(
+        "off",
+        description="central: the server clips each client's update and noises the aggregate "
+        "(a trusted server); local: each client clips and noises its own upload",
+    )
+    clip: float | None = Field(
+        None, gt=0, description="clipping norm C of a client's whole update (all layers)"
+    )
+    noise_multiplier: float | None = Field(
+        None, ge=0, description="sigma: noise std sigma*C on the sum of the updates"
+    )
+    target_epsilon: float | None = Field(
+        None, gt=0, description="instead of noise_multiplier: the epsilon the whole run may spend"
+    )
+    delta: float = Field(1e-5, gt=0, lt=1, description="delta of the (epsilon, delta) reported")
+
+    @model_validator(mode="after")
+    def _combination(self) -> PrivacyConfig:
+        noise = {"noise_multiplier": self.noise_multiplier, "target_epsilon": self.target_epsilon}
+        given = [k for k, v in noise.items() if v is not None]
+        if self.mode == "off":
+            extra = [k for k, v in {"clip": self.clip, **noise}.items() if v is not None]
+            if extra:
+                raise ValueError(
+                    f"{extra[0]}: set with mode 'off'; allowed: mode 'central' or 'local'"
+                )
+            return self
+        if self.clip is None:
+            raise ValueError(f"clip: required with mode {self.mode!r} (a norm > 0)")
+        if len(given) != 1:
+            both = "both set" if given else "neither set"
+            raise ValueError(
+                f"noise_multiplier, target_epsilon: {both} with mode {self.mode!r}; "
+                "allowed: exactly one of them"
+            )
+        return self
+
+
 class ExperimentConfig(_Strict):
     """A whole federated fine-tuning experiment."""
 
@@ -212,6 +254,7 @@ class ExperimentConfig(_Strict):
     federation: FederationConfig = FederationConfig()
     training: TrainingConfig = TrainingConfig()
     eval: EvalConfig = EvalConfig()
+    privacy: PrivacyConfig = PrivacyConfig()
 
     @field_validator("strategy")
     @classmethod

@@ -353,11 +353,24 @@ function rankFigure(run, opts) {
   return roundTicks({ data, layout: layout("round", "rank (mean over layers)", opts) });
 }
 
+const sig = (x) => (Math.abs(x) >= 1e4 || (x !== 0 && Math.abs(x) < 1e-3) ? x.toExponential(2) : String(Number(x.toPrecision(3))));
+
+/** The privacy a private run has spent after its last aggregated round ("ε = … at δ = …",
+ * from the round records' epsilon), or null for a run without differential privacy. */
+export function privacySpent(run) {
+  const last = records(run, "round").filter((m) => m.values.privacy).at(-1);
+  if (!last) return null;
+  const v = last.values;
+  const eps = v.epsilon === null || v.epsilon === undefined ? "∞ (no noise)" : sig(v.epsilon);
+  return `Privacy spent (${v.privacy} DP): ε = ${eps} at δ = ${sig(v.delta)} after round ${last.round + 1}; ` +
+    `noise multiplier ${sig(v.noise_multiplier)}, clip ${sig(v.clip)}.`;
+}
+
 /** The charts of the run view: id, title, help, log toggle default (undefined: no toggle),
  * note: a sentence under the chart (a pure function of the run, null for none). */
 export const RUN_CHARTS = [
   { id: "accuracy", title: "Eval accuracy", build: (run, o) => evalFigure(run, "accuracy", o),
-    help: "Held-out accuracy of the global model after each round." },
+    help: "Held-out accuracy of the global model after each round.", note: privacySpent },
   { id: "eval-loss", title: "Eval loss", log: false, build: (run, o) => evalFigure(run, "eval_loss", o),
     help: "Held-out loss of the global model after each round." },
   { id: "client-loss", title: "Client training loss", log: false, build: clientLossFigure,

@@ -77,6 +77,7 @@ export function runCharts(root, run, { live = false } = {}) {
 /** One row per aggregated round; ``roundLink(r)``, when given, adds its adapter download. */
 export function roundsTable(run, roundLink = null) {
   const evals = new Map(records(run, "eval").map((m) => [m.round, m.values]));
+  const isPrivate = records(run, "round").some((m) => m.values.privacy);
   const rows = records(run, "round").map((m) => {
     const v = m.values;
     const e = evals.get(m.round) ?? v;
@@ -91,12 +92,13 @@ export function roundsTable(run, roundLink = null) {
         excluded.length ? h("span.excluded", { title: excluded.map(([c, why]) => `client ${c}: ${why}`).join("\n") },
           ` (${excluded.length} excluded: ${excluded.map(([c]) => c).join(", ")})`) : null),
       h("td", {}, duration(v.round_seconds)),
+      isPrivate ? h("td", {}, v.epsilon === null || v.epsilon === undefined ? "∞" : num(v.epsilon, 3)) : null,
       roundLink ? h("td", {}, roundLink(m.round)) : null);
   });
   if (!rows.length) return h("p.empty", {}, "No round has been aggregated yet.");
   return h("table.rounds",
     h("thead", {}, h("tr", {}, ["round", "accuracy", "eval loss", "residual energy", "clients", "time",
-      roundLink ? "adapter" : null].filter(Boolean).map((t) => h("th", {}, t)))),
+      isPrivate ? "ε spent" : null, roundLink ? "adapter" : null].filter(Boolean).map((t) => h("th", {}, t)))),
     h("tbody", {}, rows));
 }
 

@@ -4,7 +4,7 @@ import { describe, test } from "node:test";
 
 import {
   COMPARE_CHARTS, ENERGY_SHARES, PALETTE, RUN_CHARTS, bytesSeries, compareFigure, energyKept, evalSeries,
-  layerSeries, pointCount, rankAdvice, rankForEnergy, rankSeries, recordRanks, roundSeconds, shareText,
+  layerSeries, pointCount, privacySpent, rankAdvice, rankForEnergy, rankSeries, recordRanks, roundSeconds, shareText,
 } from "figures";
 import { applyEvent, runFromRecords } from "run-state";
 
@@ -209,5 +209,23 @@ describe("rank advisor", () => {
 
   test("shares print with one decimal and never round up to 100%", () => {
     assert.deepEqual([0.97, 0.9993, 0.99996, 1, 0].map(shareText), ["97%", "99.9%", "over 99.9%", "100%", "0%"]);
+  });
+});
+
+describe("privacy", () => {
+  const round = (r, values) => rec("round", r, { accuracy: 0.5, ...values });
+  const dp = { privacy: "central", delta: 1e-5, noise_multiplier: 1.1, clip: 0.5 };
+
+  test("the accuracy chart's note: the epsilon of the last aggregated round", () => {
+    const r = run([round(0, { ...dp, epsilon: 1.23456 }), round(1, { ...dp, epsilon: 2.5 })]);
+    assert.equal(privacySpent(r),
+      "Privacy spent (central DP): ε = 2.5 at δ = 1.00e-5 after round 2; noise multiplier 1.1, clip 0.5.");
+    assert.equal(RUN_CHARTS.find((c) => c.id === "accuracy").note, privacySpent);
+  });
+
+  test("no noise is an unbounded epsilon; a run without privacy has no note", () => {
+    const r = run([round(0, { ...dp, privacy: "local", noise_multiplier: 0, epsilon: null })]);
+    assert.match(privacySpent(r), /^Privacy spent \(local DP\): ε = ∞ \(no noise\)/);
+    assert.equal(privacySpent(run([round(0, {})])), null);
   });
 });

@@ -1,5 +1,5 @@
-"""Pure federated-LoRA math: factors, exact SVD, the seven strategies, diagnostics, and the
-screening of client uploads.
+"""Pure federated-LoRA math: factors, exact SVD, the seven strategies, diagnostics, the
+screening of client uploads, and differential privacy (``privacy``: clipping and noise).
 
 No I/O, no Celery, no database: everything here is a function of tensors.
 """

@@ -8,7 +8,15 @@ from dataclasses import dataclass
 import torch
 
 from .lora import LoraFactors
-from .strategies import STRATEGIES, ClientUpdate, LayerRound, LayerState, Strategy, Weighted
+from .strategies import (
+    STRATEGIES,
+    ClientUpdate,
+    LayerRound,
+    LayerState,
+    Perturbation,
+    Strategy,
+    Weighted,
+)
 
 BYTES_PER_NUMBER = 4  # adapters and residuals travel as float32
 
@@ -110,8 +118,12 @@ def aggregate_round(
     round_num: int,
     updates: Sequence[ClientUpdate],
     states: Mapping[str, LayerState],
+    perturbations: Mapping[str, Perturbation] | None = None,
 ) -> RoundAggregate:
-    """Aggregate every layer of one round; states come from ``initial_states`` or the last round."""
+    """Aggregate every layer of one round; states come from ``initial_states`` or the last round.
+
+    ``perturbations``: per layer, what central differential privacy adds to the aggregate
+    (``workers.federated.privacy.central_round``); None for none."""
     weights = client_weights(updates)
     for u in updates:
         extra = set(u.layers) - set(states)
@@ -122,7 +134,11 @@ def aggregate_round(
             )
     layers = {
         name: strategy.aggregate_layer(
-            round_num, name, _layer_inputs(strategy, name, updates, weights, state), state
+            round_num,
+            name,
+            _layer_inputs(strategy, name, updates, weights, state),
+            state,
+            (perturbations or {}).get(name),
         )
         for name, state in states.items()
     }

@@ -60,6 +60,29 @@ class Weighted:
 
 
 @dataclass(frozen=True)
+class Perturbation:
+    """What central differential privacy adds to one layer's aggregate (built by
+    ``workers.federated.privacy``): ``M`` is added to the exact update M (clipping
+    correction and Gaussian noise; dense or factored), ``means`` to the weighted factor
+    means ("A", "B"). Every strategy then runs unchanged on the perturbed aggregate."""
+
+    M: Delta | None = None
+    means: Mapping[str, Tensor] = field(default_factory=dict)
+
+
+class _Perturbed(tuple[Weighted, ...]):
+    """One layer's weighted clients carrying the round's Perturbation: ``exact_update``,
+    ``_group_target`` and ``_mean`` add it, so no strategy needs to know about it."""
+
+    perturbation: Perturbation
+
+    def __new__(cls, clients: Sequence[Weighted], perturbation: Perturbation) -> _Perturbed:
+        obj = super().__new__(cls, clients)
+        obj.perturbation = perturbation
+        return obj
+
+
+@dataclass(frozen=True)
 class LayerState:
     """Server state of one layer between rounds."""
 
@@ -120,12 +143,26 @@ def _fp32(f: LoraFactors, A: Tensor, B: Tensor) -> LoraFactors:
 
 def _mean(clients: Sequence[Weighted], which: str) -> Tensor:
     total: Tensor = torch.stack([c.p * getattr(c.f, which) for c in clients]).sum(0)
+    if isinstance(clients, _Perturbed) and which in clients.perturbation.means:
+        total = total + clients.perturbation.means[which]
     return total
 
 
 def exact_update(clients: Sequence[Weighted]) -> LowRank:
     """M = sum_i p_i s_i B_i A_i, factored: B_cat (d_out, K), A_cat (K, d_in)."""
-    return stack_lowrank([(c.p * c.f.scaling, c.f.B, c.f.A) for c in clients])
+    return _perturbed(stack_lowrank([(c.p * c.f.scaling, c.f.B, c.f.A) for c in clients]), clients)
+
+
+def _perturbed(M: LowRank, clients: Sequence[Weighted]) -> LowRank:
+    """M plus the clients' Perturbation.M, still one LowRank (a dense term as I @ D or D @ I)."""
+    extra = clients.perturbation.M if isinstance(clients, _Perturbed) else None
+    if extra is None:
+        return M
+    if not isinstance(extra, LowRank):
+        d_out, d_in = extra.shape
+        eye = torch.eye(min(d_out, d_in), dtype=extra.dtype)
+        extra = LowRank(B=eye, A=extra) if d_out <= d_in else LowRank(B=extra, A=eye)
+    return LowRank(B=torch.cat([M.B, extra.B], 1), A=torch.cat([M.A, extra.A], 0))
 
 
 class Strategy(ABC):
@@ -154,14 +191,22 @@ class Strategy(ABC):
         return exact_svd(low, o.svd, rank=rank, oversample=o.oversample, power_iters=o.power_iters)
 
     def aggregate_layer(
-        self, round_num: int, layer: str, clients: Sequence[Weighted], state: LayerState
+        self,
+        round_num: int,
+        layer: str,
+        clients: Sequence[Weighted],
+        state: LayerState,
+        perturbation: Perturbation | None = None,
     ) -> LayerRound:
-        """Run the strategy on one layer, in the server dtype, and record diagnostics."""
+        """Run the strategy on one layer, in the server dtype, and record diagnostics;
+        ``perturbation``: what central DP adds to this layer's aggregate (None: nothing)."""
         dt = self.options.dtype
         clients = [
             Weighted(c.client_id, c.p, c.f.with_factors(A=c.f.A.to(dt), B=c.f.B.to(dt)))
             for c in clients
         ]
+        if perturbation is not None:
+            clients = _Perturbed(clients, _perturbation_in(perturbation, dt))
         proposal = self.propose(round_num, layer, clients, state)
         adapters = {k: _fp32(f, f.A, f.B) for k, f in proposal.adapters.items()}
         residuals = {k: _as_fp32(cheaper_form(r)) for k, r in proposal.residuals.items()}
@@ -225,6 +270,15 @@ class Strategy(ABC):
     def upload_numel(self, f: LoraFactors) -> int:
         """Numbers one client uploads for one layer."""
         return sum(getattr(f, w).numel() for w in self.uploads)
+
+
+def _perturbation_in(p: Perturbation, dtype: torch.dtype) -> Perturbation:
+    M = p.M
+    if isinstance(M, LowRank):
+        M = LowRank(B=M.B.to(dtype), A=M.A.to(dtype))
+    elif M is not None:
+        M = M.to(dtype)
+    return Perturbation(M=M, means={k: v.to(dtype) for k, v in p.means.items()})
 
 
 def _as_fp32(delta: Delta) -> Delta:
@@ -429,7 +483,7 @@ def _group_target(clients: Sequence[Weighted], state: LayerState, k: int) -> Low
             f = state.adapters[g]
             dt = clients[0].f.A.dtype
             parts.append((w * f.scaling, f.B.to(dt), f.A.to(dt)))
-    return stack_lowrank(parts)
+    return _perturbed(stack_lowrank(parts), clients)
 
 
 STRATEGIES: dict[str, type[Strategy]] = {
@@ -450,6 +504,7 @@ __all__ = [
     "ClientUpdate",
     "LayerRound",
     "LayerState",
+    "Perturbation",
     "Strategy",
     "Weighted",
     "exact_update",

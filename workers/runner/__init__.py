@@ -9,6 +9,7 @@ Celery service call the same functions, and any step can be re-run after a crash
     start     prepare                           client   train_client
     server    aggregate                         finish   evaluate, finish_round
     exports   export                            loop     run (in-process)
+    privacy   noise multiplier, epsilon spent, budget check (Opacus's accountant)
 """
 
 from workers.runner.bench import bench_for, encoded, load_state_into
@@ -17,6 +18,7 @@ from workers.runner.clients import round_seed, sample_clients
 from workers.runner.exports import export
 from workers.runner.finish import evaluate, finish_round
 from workers.runner.loop import run
+from workers.runner.privacy import PrivacyBudgetExceeded, check_budget
 from workers.runner.records import (
     ClientRecord,
     TooFewUpdates,
@@ -31,11 +33,13 @@ from workers.runner.state import aggregated_summary, read_group
 
 __all__ = [
     "ClientRecord",
+    "PrivacyBudgetExceeded",
     "TooFewUpdates",
     "aggregate",
     "aggregated_clients",
     "aggregated_summary",
     "bench_for",
+    "check_budget",
     "client_metrics",
     "encoded",
     "eval_record",

@@ -10,8 +10,10 @@ from backend.core.runs import RunPaths
 from workers import peft_glue
 from workers.artifacts import load_tensors, save_tensors
 from workers.federated import get_strategy, to_peft_state_dict
+from workers.federated.privacy import local_release
 from workers.runner.bench import bench_for, encoded, load_state_into
 from workers.runner.clients import round_seed, silo_examples, task_of
+from workers.runner.privacy import check_budget, dp_params, noise_generator
 from workers.runner.records import ClientRecord
 from workers.runner.state import factor_name, load_run_config, read_group
 from workers.training import encode, train_local
@@ -49,6 +51,8 @@ def _train(
     on_step: StepCallback | None,
 ) -> tuple[int, list[float], float]:
     strategy = get_strategy(cfg.strategy)
+    if cfg.privacy.mode == "local":
+        check_budget(cfg, round_num)  # a client never uploads past the run's budget
     rank = cfg.client_rank(client)
     bench = bench_for(cfg, rank)
     store = paths.store
@@ -89,6 +93,11 @@ def _train(
     if strategy.personalised:  # fedsa: B never leaves the client
         save_tensors(store, paths.local(client), {k: v for k, v in lora.items() if ".lora_B." in k})
     upload = {k: v for k, v in lora.items() if factor_name(k) in strategy.uploads}
+    tensors = {**upload, **head}
+    if cfg.privacy.mode == "local":  # clipped and noised here: the server sees only this
+        tensors, _ = local_release(
+            tensors, {k: adapter[k] for k in tensors}, dp_params(cfg), noise_generator()
+        )
     meta = {"n_examples": str(len(data))}
-    save_tensors(store, paths.upload(round_num, client), {**upload, **head}, meta)
+    save_tensors(store, paths.upload(round_num, client), tensors, meta)
     return len(data), losses, compute

@@ -14,6 +14,7 @@ from workers.runner.client import train_client
 from workers.runner.clients import sample_clients
 from workers.runner.exports import export
 from workers.runner.finish import evaluate, finish_round
+from workers.runner.privacy import check_budget
 from workers.runner.records import client_metrics, eval_record
 from workers.runner.server import aggregate
 from workers.runner.start import prepare
@@ -47,6 +48,7 @@ def run(
         total=cfg.federation.rounds,
     )
     for t in rounds:
+        check_budget(cfg, t)  # stop before a round that would spend past target_epsilon
         started = datetime.now(UTC)
         records = []
         for c in sample_clients(cfg, t):

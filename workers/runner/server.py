@@ -19,6 +19,8 @@ from workers.federated import (
     get_strategy,
     screen_updates,
 )
+from workers.federated.privacy import central_round
+from workers.runner.privacy import check_budget, dp_params, noise_generator, privacy_summary
 from workers.runner.records import ClientRecord, TooFewUpdates
 from workers.runner.state import commit_state, factor_name, factors, layer_states, load_run_config
 
@@ -48,18 +50,26 @@ def aggregate(paths: RunPaths, round_num: int, records: list[ClientRecord]) -> d
             f"min_clients_per_round is {need}{why}",
             excluded,
         )
-    updates, heads = [], []
+    updates, heads, sent_heads = [], [], []
     for r in kept:
         # A factor a client does not upload (ffa's frozen A, fedsa's private B) is, for the
         # server, the one it broadcast.
         rank = cfg.client_rank(r.client)
         tensors = {**sent[rank], **uploads[str(r.client)]}
         updates.append(ClientUpdate(str(r.client), r.n_examples, factors(cfg, tensors)))
-        heads.append(
-            {k.removeprefix("head."): v for k, v in tensors.items() if k.startswith("head.")}
-        )
+        heads.append(_head(tensors))
+        sent_heads.append(_head(sent[rank]))
+    states = layer_states(cfg, paths, round_num)
     start = time.perf_counter()
-    result = aggregate_round(strategy, round_num, updates, layer_states(cfg, paths, round_num))
+    perturbations, head, dp_norms = None, None, []
+    if cfg.privacy.mode == "central":
+        check_budget(cfg, round_num)  # nothing of a round over the budget is released
+        private = central_round(
+            cfg.strategy, updates, states, dp_params(cfg), noise_generator(), heads, sent_heads
+        )
+        updates, perturbations, head = private.updates, private.perturbations, private.extras
+        dp_norms = sorted(private.norms.values())
+    result = aggregate_round(strategy, round_num, updates, states, perturbations)
     seconds = time.perf_counter() - start
     energies = [lr.diagnostics.residual_energy for lr in result.layers.values()]
     known = [e for e in energies if e is not None]
@@ -75,8 +85,21 @@ def aggregate(paths: RunPaths, round_num: int, records: list[ClientRecord]) -> d
         "bytes_down": result.bytes_down,
         "diagnostics": {name: asdict(lr.diagnostics) for name, lr in result.layers.items()},
     }
-    commit_state(cfg, paths, round_num, strategy, result, _average_heads(heads, updates), summary)
+    if cfg.privacy.mode != "off":
+        summary.update(privacy_summary(cfg, round_num))
+    if dp_norms:  # the trusted server's view, for choosing the clip norm; not itself private
+        clip = cfg.privacy.clip or 0.0
+        summary["clipped"] = sum(norm > clip for norm in dp_norms)
+        summary["update_norm_median"] = dp_norms[(len(dp_norms) - 1) // 2]
+    if head is None:
+        head = _average_heads(heads, updates)
+    commit_state(cfg, paths, round_num, strategy, result, head, summary)
     return summary
+
+
+def _head(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The fully trained extra modules (a classifier head) of an upload or a broadcast."""
+    return {k.removeprefix("head."): v for k, v in tensors.items() if k.startswith("head.")}
 
 
 def _options(cfg: ExperimentConfig) -> dict[str, object]:

@@ -16,6 +16,7 @@ from workers.artifacts import save_tensors
 from workers.models import model_fingerprint, model_source, portable_name
 from workers.runner.bench import bench_for, fresh_adapter, resolve_device
 from workers.runner.clients import client_indices, task_of
+from workers.runner.privacy import noise_multiplier
 from workers.runner.state import load_run_config
 
 _PACKAGES = ("torch", "transformers", "peft", "safetensors", "fedmomentum")
@@ -29,6 +30,8 @@ def prepare(cfg: ExperimentConfig, paths: RunPaths) -> RunPaths:
             f"{store.url()} holds a run with a different config; resume it with the same "
             "config or choose another --out"
         )
+    if cfg.privacy.mode != "off":
+        noise_multiplier(cfg)  # a target_epsilon no noise can meet refuses the run here
     task = task_of(cfg)
     parts = client_indices(cfg)  # raises if there are more clients than examples
     data_hash = split_hash([p or [] for p in parts], task)

@@ -12,6 +12,7 @@ const GROUPS = [ // [config key, title, open by default]
   ["data", "Data and partition", true],
   ["aggregation", "Aggregation", false],
   ["eval", "Evaluation", false],
+  ["privacy", "Differential privacy", false],
 ];
 const BASICS = ["name", "strategy", "model", "dataset", "seed", "device"];
 const OTHER = "__other__";
