@@ -1,7 +1,7 @@
 """The same federated LoRA job in this runner and in Flower, rounds interleaved in one run.
 
-    .venv/bin/python benchmarks/vs_flower.py                 # SmolLM2-135M, 3 rounds (~15 min)
-    .venv/bin/python benchmarks/vs_flower.py --quick         # tiny-llama smoke test (seconds)
+    .venv/bin/python benchmarks/vs_flower.py                 # SmolLM2-135M, 3 rounds
+    .venv/bin/python benchmarks/vs_flower.py --quick         # tiny-llama smoke test (~2 min)
     # options: --rounds 3 --clients 5 --local-steps 8 --seed 0 --threads 2 --json OUT
 
 The job is examples/demo.yaml (``--quick``: examples/tiny.yaml) with the options applied:
@@ -27,9 +27,11 @@ different stretch of the machine's load. Round wall time: from this process send
 to the side reporting the round evaluated, so it includes training, aggregation and the
 global evaluation; "compute" is the clients' seconds inside the optimizer loop.
 
-Peak memory: this process samples every side's process tree (every 0.25 s) and reports the
-largest total PSS (shared pages split among the processes that map them: the tree's own
-memory) and total RSS. Everything started is stopped on any exit, Ctrl-C included.
+Peak memory: this process samples every side's process tree (``--sample-every``, 1 s) and
+reports the largest total PSS (shared pages split among the processes that map them: the
+tree's own memory) and total RSS. Reading PSS makes the kernel walk each process's page
+tables, which is not free: at 0.25 s the sampler took ~15% of a core on the 2-core machine.
+Everything started is stopped on any exit, Ctrl-C included.
 """
 
 from __future__ import annotations
@@ -62,7 +64,6 @@ from benchmarks.flower.protocol import CMD_FD_ENV, EVENT_FD_ENV  # noqa: E402
 FLOWER_DIR = ROOT / "benchmarks" / "flower"
 REQUIREMENTS = FLOWER_DIR / "requirements.txt"
 DEFAULT_VENV = ROOT / "benchmarks" / ".flower-venv"
-SAMPLE_EVERY_S = 0.25
 STOP_GRACE_S = 10.0
 SIDES = (("ours", "fedit"), ("flower", "fedit"), ("ours", "fedmomentum"))
 
@@ -286,9 +287,9 @@ class Side:
 class Sampler(threading.Thread):
     """Peak memory of every side's process tree, and the pids it saw (for the cleanup)."""
 
-    def __init__(self, sides: list[Side]) -> None:
+    def __init__(self, sides: list[Side], every: float) -> None:
         super().__init__(daemon=True)
-        self.sides = sides
+        self.sides, self.every = sides, every
         self.halt = threading.Event()
 
     def run(self) -> None:
@@ -296,7 +297,7 @@ class Sampler(threading.Thread):
             table = _proc_table()
             for side in self.sides:
                 side.sample(table)
-            self.halt.wait(SAMPLE_EVERY_S)
+            self.halt.wait(self.every)
 
 
 # --- our side -------------------------------------------------------------------------------
@@ -449,6 +450,7 @@ def side_summary(side: Side) -> dict[str, Any]:
         "eval_loss": [r["eval_loss"] for r in side.rounds],
         "final_accuracy": side.rounds[-1]["accuracy"],
         "final_eval_loss": side.rounds[-1]["eval_loss"],
+        "rounds": side.rounds,  # every round as the side reported it
     }
 
 
@@ -509,6 +511,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2, help="torch threads in every process")
     parser.add_argument("--json", type=Path, metavar="OUT", help="write the results here")
+    parser.add_argument(
+        "--sample-every", type=float, default=1.0, help="seconds between memory samples"
+    )
     parser.add_argument("--logs", type=Path, help="keep every side's log in this directory")
     parser.add_argument("--flower-venv", type=Path, default=DEFAULT_VENV)
     parser.add_argument(
@@ -523,7 +528,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.rounds = args.rounds or (2 if small else 3)
     args.clients = args.clients or (2 if small else 5)
     args.local_steps = args.local_steps or (2 if small else 8)
-    for name in ("rounds", "clients", "local_steps", "threads"):
+    for name in ("rounds", "clients", "local_steps", "threads", "sample_every"):
         if getattr(args, name) <= 0:
             parser.error(f"--{name.replace('_', '-')} must be positive")
     return args
@@ -540,16 +545,21 @@ def main(argv: list[str] | None = None) -> None:
         return
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _exit_on_signal)
+    # Ctrl-C too, even where the shell started this with SIGINT ignored (a background job).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     flower = flower_python(args.flower_venv)
     load_before = os.getloadavg()
     work = Path(tempfile.mkdtemp(prefix="vs-flower-"))
     sides = make_sides(args, work, flower)
-    sampler = Sampler(sides)
+    sampler = Sampler(sides, args.sample_every)
     sampler.start()
     failed = True
     try:
         drive(sides, args.rounds, args.round_timeout)
         failed = False
+    except BaseException:
+        print(f"vs_flower: stopped early; stopping every side; their logs stay in {work}")
+        raise
     finally:
         sampler.halt.set()
         sampler.join()
