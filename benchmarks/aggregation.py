@@ -1,9 +1,10 @@
 """Aggregation kernel: exact SVD of M = sum_i p_i s_i B_i A_i, factored vs randomized vs dense.
 
     .venv/bin/python benchmarks/aggregation.py [--quick] [--json] [--dtype float64|float32]
-        [--device cpu|cuda] [--threads N] [--shapes 4096x4096,...] [--dense-all]
+        [--device cpu|cuda] [--threads N] [--shapes 4096x4096,...] [--dense-all] [--clients N]
 
-One run, the same seeded inputs for every method: N = 10 clients at rank r = 16 (K = 160),
+One run, the same seeded inputs for every method: N = 10 clients (``--clients``) at rank
+r = 16 (K = 16 N: 160 by default),
 layer shapes 4096x4096 and 4096x11008 (Llama-7B-like), 576x576 and 576x192 (SmolLM2);
 ``--quick`` runs only the SmolLM2 shapes. Client factors look trained: A_i ~ N(0, 1/d_in),
 B_i ~ N(0, 1e-4); p_i from seeded sample counts, s_i = alpha / r. The layer is built with
@@ -68,11 +69,13 @@ def parse_shape(text: str) -> Shape:
     return int(d_out), int(d_in)
 
 
-def make_layer(shape: Shape, dtype: torch.dtype, device: str) -> LowRank:
-    """The seeded layer: 10 clients' (B_i, A_i) stacked with p_i s_i folded into A."""
+def make_layer(
+    shape: Shape, dtype: torch.dtype, device: str, n_clients: int = N_CLIENTS
+) -> LowRank:
+    """The seeded layer: the clients' (B_i, A_i) stacked with p_i s_i folded into A."""
     d_out, d_in = shape
     gen = torch.Generator().manual_seed(SEED)
-    counts = torch.randint(100, 1000, (N_CLIENTS,), generator=gen, dtype=torch.float64)
+    counts = torch.randint(100, 1000, (n_clients,), generator=gen, dtype=torch.float64)
     weights = (counts / counts.sum()).tolist()
     clients = []
     for i, p in enumerate(weights):
@@ -147,11 +150,13 @@ def time_calls(call: Callable[[], Any], repeats: int, device: str) -> float:
     return statistics.median(times)
 
 
-def measure(method: str, shape: Shape, dtype: torch.dtype, device: str) -> dict[str, Any]:
+def measure(
+    method: str, shape: Shape, dtype: torch.dtype, device: str, n_clients: int = N_CLIENTS
+) -> dict[str, Any]:
     """One (method, shape) in this process: median seconds, extra MB, singular values."""
     exact_svd(make_layer(PRIME_SHAPE, dtype, device), method, rank=RANK)  # load code, threads
     torch.manual_seed(SEED)  # svd_lowrank's random test matrix
-    low = make_layer(shape, dtype, device)
+    low = make_layer(shape, dtype, device, n_clients)
     _sync(device)
     memory = PeakMemory(device)  # baseline: inputs and library code in memory, nothing else
 
@@ -167,7 +172,7 @@ def measure(method: str, shape: Shape, dtype: torch.dtype, device: str) -> dict[
 def measure_in_subprocess(method: str, shape: Shape, args: argparse.Namespace) -> dict[str, Any]:
     """Run ``measure`` in a fresh interpreter so no other measurement's memory is counted."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", method, shape_name(shape)]
-    cmd += ["--dtype", args.dtype, "--device", args.device]
+    cmd += ["--dtype", args.dtype, "--device", args.device, "--clients", str(args.clients)]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=os.environ.copy())
@@ -197,7 +202,7 @@ def rows_for_shape(shape: Shape, args: argparse.Namespace) -> tuple[list[dict[st
             {
                 "method": method,
                 "shape": shape_name(shape),
-                "n_clients": N_CLIENTS,
+                "n_clients": args.clients,
                 "rank": RANK,
                 "seconds": res["seconds"],
                 "rel_error": err,
@@ -221,7 +226,7 @@ def print_table(
     rows_by_shape: list[list[dict[str, Any]]], args: argparse.Namespace, threads: int
 ) -> None:
     print(
-        f"exact_svd per layer: N={N_CLIENTS} clients, r={RANK} (K={N_CLIENTS * RANK}), "
+        f"exact_svd per layer: N={args.clients} clients, r={RANK} (K={args.clients * RANK}), "
         f"dtype={args.dtype}, device={args.device}, torch threads={threads}"
     )
     header = f"{'shape':>11} {'method':>10} {'seconds':>11} {'rel_error':>10} {'peak_MB':>9}"
@@ -252,8 +257,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's own)")
     parser.add_argument("--dense-all", action="store_true", help="dense above 4096x4096 too")
+    parser.add_argument("--clients", type=int, default=N_CLIENTS, help="clients N (default 10)")
     parser.add_argument("--worker", nargs=2, metavar=("METHOD", "SHAPE"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.clients <= 0:
+        parser.error("--clients must be positive")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device available")
     return args
@@ -265,7 +273,8 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     if args.worker:  # hidden: one measurement, result as one JSON line on stdout
         method, shape = args.worker
-        res = measure(method, parse_shape(shape), getattr(torch, args.dtype), args.device)
+        dtype = getattr(torch, args.dtype)
+        res = measure(method, parse_shape(shape), dtype, args.device, args.clients)
         print(json.dumps(res))
         return
     shapes = args.shapes or (SMOL_SHAPES if args.quick else LLAMA_SHAPES + SMOL_SHAPES)

@@ -1,4 +1,5 @@
-"""Local training of one client: AdamW, linear warmup then linear decay, gradient clipping.
+"""Local training of one client: AdamW, linear warmup then linear decay, gradient clipping,
+optionally under bf16 autocast (``training.precision``).
 
 The loss is the model's own: causal LMs get labels of -100 on prompt tokens (the loss is on
 the response only), classifiers get class indices.
@@ -105,8 +106,11 @@ def train_local(
     torch.manual_seed(seed)  # LoRA dropout masks
     model.train()
     losses = []
+    # bf16: autocast runs the matmuls in bfloat16; parameters and optimizer stay float32.
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
     for step, idx in enumerate(batch_order(len(data), steps, cfg.batch_size, seed)):
-        loss = model(**make_batch([data[i] for i in idx], pad_id, device)).loss
+        with autocast:
+            loss = model(**make_batch([data[i] for i in idx], pad_id, device)).loss
         if not torch.isfinite(loss):
             raise FloatingPointError(f"local training diverged at step {step}: loss={loss.item()}")
         loss.backward()

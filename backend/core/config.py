@@ -184,6 +184,11 @@ class TrainingConfig(_Strict):
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
     warmup_steps: int = Field(1, ge=0, description="linear learning-rate warmup steps")
     max_grad_norm: float = Field(1.0, gt=0, description="gradient clipping norm")
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32",
+        description="fp32, or bf16 autocast of the local forward pass (the LoRA factors, "
+        "their gradients and AdamW stay float32; evaluation is float32)",
+    )
 
 
 class EvalConfig(_Strict):

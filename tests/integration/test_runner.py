@@ -30,7 +30,9 @@ from workers.runner import (
     run,
     train_client,
 )
+from workers.runner.bench import fresh_adapter
 from workers.runner.exports import _readme
+from workers.training import train_local
 
 TINY = {
     "model": "tiny-llama",
@@ -354,3 +356,27 @@ def test_unreadable_uploads_are_excluded_and_too_few_usable_ones_commit_nothing(
     assert all(
         torch.isfinite(t).all() for f in state.glob("*.safetensors") for t in load_file(f).values()
     )
+
+
+def test_bf16_autocast_trains_close_to_fp32_and_keeps_float32_factors():
+    cfg = parse_config(tiny(name="bf16"))
+    bench = bench_for(cfg, 4)
+    adapter = fresh_adapter(bench, cfg.seed)
+    data = encoded(cfg, 4, "train")[:8]
+    losses = {}
+    for precision in ("fp32", "bf16"):
+        load_state_into(bench, adapter, None)
+        training = cfg.training.model_copy(update={"precision": precision, "local_steps": 4})
+        losses[precision] = train_local(
+            bench.model,
+            data,
+            training,
+            seed=0,
+            pad_id=bench.tokenizer.pad_token_id,
+            device=bench.device,
+        )
+        trained = {p.dtype for p in bench.model.parameters() if p.requires_grad}
+        assert trained == {torch.float32}
+    assert losses["bf16"] != losses["fp32"]  # the forward pass really ran in bfloat16
+    for fp32, bf16 in zip(losses["fp32"], losses["bf16"], strict=True):
+        assert math.isclose(bf16, fp32, rel_tol=0.05)

@@ -53,6 +53,10 @@ def test_every_example_config_is_valid(path):
             r"strategy 'fedit' needs equal ranks",
         ),
         ({"training": {"lr": -1}}, r"training.lr: Input should be greater than 0"),
+        (
+            {"training": {"precision": "fp16"}},
+            r"training.precision: Input should be 'fp32' or 'bf16'",
+        ),
         ({"trainig": {}}, r"trainig: Extra inputs are not permitted"),
         (
             {"aggregation": {"svd": "qr"}},

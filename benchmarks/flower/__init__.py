@@ -1,0 +1,1 @@
+"""The Flower side of benchmarks/vs_flower.py (its own virtual environment)."""
