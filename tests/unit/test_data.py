@@ -10,11 +10,11 @@ import re
 from pathlib import Path
 
 import pytest
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 from backend.core.data import DATASETS, Example, TaskData, load_dataset, partition, split_hash
 from backend.core.data.wordnet import load_wordnet
+from tests.helpers import byte_tokenizer
 from workers.encoding import collate, tokenize_example
 
 SEEDS = [0, 1, 7, 42]
@@ -23,12 +23,7 @@ SEEDS = [0, 1, 7, 42]
 @pytest.fixture(scope="module")
 def tokenizer() -> PreTrainedTokenizerFast:
     """Byte-level BPE without merges: one token per UTF-8 byte, built offline."""
-    vocab = {ch: i for i, ch in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
-    vocab.update({"<pad>": len(vocab), "</s>": len(vocab) + 1})
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>")
+    return byte_tokenizer()
 
 
 @pytest.fixture(scope="module")

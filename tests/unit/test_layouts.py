@@ -13,13 +13,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from pydantic import ValidationError
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 from backend.core.checks import server_paths
 from backend.core.config import ConfigError, ExperimentConfig, parse_config
 from backend.core.data import Example, load_dataset
 from backend.core.data.files import ALPACA_INPUT, ALPACA_NO_INPUT, parse_hf
+from tests.helpers import byte_tokenizer
 from workers.encoding import IGNORE_INDEX, tokenize_example, uses_chat_template
 from workers.training import encode
 
@@ -27,16 +27,6 @@ TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}</s>{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>{% endif %}"
 )
-
-
-def byte_tokenizer() -> PreTrainedTokenizerFast:
-    """One token per byte plus </s>, with no chat template."""
-    vocab = {ch: i for i, ch in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
-    vocab.update({"<pad>": len(vocab), "</s>": len(vocab) + 1})
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>")
 
 
 @pytest.fixture(scope="module")
