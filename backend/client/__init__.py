@@ -195,10 +195,10 @@ class Client:
         The zip streams to disk; a large merged model never sits in memory."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        params: dict[str, Any] = {"format": format} | ({"rank": rank} if rank else {})
+        params: dict[str, Any] = {"format": format} | ({} if rank is None else {"rank": rank})
         url = f"/experiments/{experiment_id}/download"
         with (
-            self.http.stream("GET", url, params=params, timeout=None) as response,
+            self.http.stream("GET", url, params=params) as response,
             tempfile.NamedTemporaryFile(dir=out, suffix=".zip.part", delete=False) as part,
         ):
             try:
