@@ -6,6 +6,24 @@ from fastapi import APIRouter
 
 from backend.api import catalog, downloads, events, experiments, health, results, sweeps
 
+# The groups of /docs, in this order.
+TAGS = [
+    {"name": "experiments", "description": "Submit an experiment config, list, read, cancel, "
+     "clone and delete experiments."},
+    {"name": "sweeps", "description": "Strategies x seeds x grid as one sweep of experiments, "
+     "with its leaderboard and report."},
+    {"name": "results", "description": "What an experiment produced so far: rounds, client "
+     "attempts, metrics, diagnostics, its manifest and export."},
+    {"name": "events", "description": "Live progress as server-sent events, resumable with "
+     "Last-Event-ID."},
+    {"name": "downloads", "description": "Exports and round adapters as zips, the HTML report "
+     "(always behind the API token when the server has one)."},
+    {"name": "catalog", "description": "Strategies, models, datasets and export formats with "
+     "descriptions; config defaults and JSON schema."},
+    {"name": "health", "description": "Liveness, the database, and what needs the API token "
+     "(always open)."},
+]  # fmt: skip
+
 api_router = APIRouter()
 for module in (experiments, sweeps, results, events, downloads, catalog, health):
     api_router.include_router(module.router)

@@ -7,12 +7,13 @@ from functools import lru_cache
 from fastapi import APIRouter
 
 from backend.api.deps import Read
+from backend.api.responses import errors
 from backend.api.schemas import CatalogEntry, CatalogPublic
 from backend.core.catalog import DATASETS, MODELS, PARTITIONS, STRATEGIES
 from backend.core.config import ExperimentConfig
 from backend.core.runs import EXPORT_HELP
 
-router = APIRouter(tags=["catalog"], dependencies=[Read])
+router = APIRouter(tags=["catalog"], dependencies=[Read], responses=errors(401))
 
 
 def _entries(items: dict[str, str]) -> list[CatalogEntry]:

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Query, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from backend.api.schemas import MAX_INT, MAX_LIMIT
@@ -53,14 +54,23 @@ OffsetDep = Annotated[int, Query(ge=0, le=MAX_INT, description="rows to skip")]
 LimitDep = Annotated[int, Query(ge=1, le=MAX_LIMIT, description=f"rows per page (<= {MAX_LIMIT})")]
 
 
-def _check_token(request: Request, settings: Settings) -> None:
+# The bearer scheme of the OpenAPI schema (the Authorize button of /docs). auto_error=False:
+# the answer without a token, and whether one is needed at all, are the settings' to decide.
+bearer = HTTPBearer(
+    auto_error=False,
+    description="FEDMOMENTUM_API_TOKEN of the server, when it has one (see GET /health)",
+)
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+
+
+def _check_token(credentials: HTTPAuthorizationCredentials | None, settings: Settings) -> None:
     """401 unless the request carries ``Authorization: Bearer <api_token>`` (when one is set)."""
     if settings.api_token is None:
         return
-    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    given = credentials.credentials.encode() if credentials is not None else b""
     expected = settings.api_token.get_secret_value().encode()
     # compare_digest: the time taken does not depend on how much of the token matched.
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected):
+    if credentials is None or not hmac.compare_digest(given, expected):
         raise HTTPException(
             401,
             "this server needs an API token: send `Authorization: Bearer <token>` "
@@ -69,15 +79,15 @@ def _check_token(request: Request, settings: Settings) -> None:
         )
 
 
-def require_token(request: Request, settings: SettingsDep) -> None:
+def require_token(credentials: Credentials, settings: SettingsDep) -> None:
     """Writes and downloads: always behind the token when one is set."""
-    _check_token(request, settings)
+    _check_token(credentials, settings)
 
 
-def require_read(request: Request, settings: SettingsDep) -> None:
+def require_read(credentials: Credentials, settings: SettingsDep) -> None:
     """Reads: behind the token too, unless FEDMOMENTUM_OPEN_READS says they may stay open."""
     if not settings.open_reads:
-        _check_token(request, settings)
+        _check_token(credentials, settings)
 
 
 Write = Depends(require_token)

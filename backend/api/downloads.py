@@ -9,6 +9,7 @@ from fastapi.responses import HTMLResponse, StreamingResponse
 
 from backend.api import report
 from backend.api.deps import ExperimentDep, SessionDep, SettingsDep, Write
+from backend.api.responses import errors
 from backend.core.runs import (
     EXPORTS,
     check_export_rank,
@@ -20,7 +21,12 @@ from backend.core.runs import (
 from backend.core.settings import Settings
 
 # Downloads are the private adapters: always behind the token, even with open reads.
-router = APIRouter(prefix="/experiments/{experiment_id}", tags=["downloads"], dependencies=[Write])
+router = APIRouter(
+    prefix="/experiments/{experiment_id}",
+    tags=["downloads"],
+    dependencies=[Write],
+    responses=errors(401, 404),
+)
 
 Format = Literal[tuple(EXPORTS)]  # type: ignore[valid-type]
 

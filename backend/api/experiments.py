@@ -17,6 +17,7 @@ from backend.api.deps import (
     SettingsDep,
     Write,
 )
+from backend.api.responses import errors
 from backend.api.schemas import (
     ExperimentClone,
     ExperimentCreate,
@@ -34,7 +35,9 @@ from backend.db.models import Experiment, ExperimentStatus
 
 log = logging.getLogger(__name__)
 
-router = APIRouter(prefix="/experiments", tags=["experiments"], dependencies=[Read])
+router = APIRouter(
+    prefix="/experiments", tags=["experiments"], dependencies=[Read], responses=errors(401)
+)
 
 Strategy = Literal[tuple(STRATEGIES)]  # type: ignore[valid-type]
 Sort = Literal[crud.SORTS]  # type: ignore[valid-type]
@@ -67,7 +70,11 @@ def checked(config: ExperimentConfig, settings: Settings) -> ExperimentConfig:
 
 
 @router.post(
-    "", status_code=status.HTTP_201_CREATED, response_model=ExperimentPublic, dependencies=[Write]
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=ExperimentPublic,
+    dependencies=[Write],
+    responses=errors(413),
 )
 def create_experiment(
     session: SessionDep,
@@ -101,13 +108,18 @@ def list_experiments(
     return ExperimentsPublic(data=rows, count=count)
 
 
-@router.get("/{experiment_id}", response_model=ExperimentPublic)
+@router.get("/{experiment_id}", response_model=ExperimentPublic, responses=errors(404))
 def read_experiment(experiment: ExperimentDep) -> Experiment:
     """One experiment with its config and progress."""
     return experiment
 
 
-@router.post("/{experiment_id}/cancel", response_model=ExperimentPublic, dependencies=[Write])
+@router.post(
+    "/{experiment_id}/cancel",
+    response_model=ExperimentPublic,
+    dependencies=[Write],
+    responses=errors(404, 409),
+)
 def cancel_experiment(session: SessionDep, experiment: ExperimentDep) -> Experiment:
     """Cancel a queued or running experiment (409 when it has already finished)."""
     try:
@@ -116,7 +128,12 @@ def cancel_experiment(session: SessionDep, experiment: ExperimentDep) -> Experim
         raise HTTPException(status.HTTP_409_CONFLICT, str(e)) from None
 
 
-@router.delete("/{experiment_id}", status_code=status.HTTP_204_NO_CONTENT, dependencies=[Write])
+@router.delete(
+    "/{experiment_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    dependencies=[Write],
+    responses=errors(404, 409),
+)
 def delete_experiment(
     session: SessionDep, settings: SettingsDep, experiment: ExperimentDep
 ) -> None:
@@ -134,6 +151,7 @@ def delete_experiment(
     status_code=status.HTTP_201_CREATED,
     response_model=ExperimentPublic,
     dependencies=[Write],
+    responses=errors(404),
 )
 def clone_experiment(
     session: SessionDep,

@@ -13,9 +13,11 @@ from collections import Counter
 from typing import Any
 
 import anyio
-from fastapi import HTTPException
 from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.middleware.body_limit import MAX_BODY_SIZE_SCOPE_KEY
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from backend.core.settings import Settings
 
 # Requests and event polls that use the database at once. It must stay below the worker
 # threads of sync routes (anyio's 40) and within the connection pool (SQLAlchemy's 5 + 10
@@ -24,6 +26,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 # that only a request waiting for a thread can give back (a stall until the pool timeout,
 # then 500s). The rest wait their turn in the event loop, holding nothing.
 DB_CONCURRENCY = 10
+_TOO_LARGE = b"Content Too Large"  # Starlette's answer to a body over max_body_size
 
 
 def database_slots() -> anyio.Semaphore:
@@ -31,40 +34,56 @@ def database_slots() -> anyio.Semaphore:
     return anyio.Semaphore(DB_CONCURRENCY)
 
 
-def _body_error(max_bytes: int) -> str:
-    return f"request body: larger than the limit of {max_bytes} bytes (FEDMOMENTUM_MAX_BODY_BYTES)"
+def body_limit_settings(settings: Settings) -> dict[int, str]:
+    """Each request body limit in bytes -> the setting it comes from (its 413 names it).
+
+    The app passes ``max_body_bytes`` to FastAPI's ``max_body_size``; a router or route that
+    takes larger bodies gets its own ``max_body_size`` (``app.include_router(router,
+    max_body_size=settings.<its setting>)``) and its setting here.
+    """
+    return {settings.max_body_bytes: "FEDMOMENTUM_MAX_BODY_BYTES"}
 
 
-class BodySizeLimit:
-    """ASGI middleware: 413 for a request body over ``max_bytes``, by its Content-Length up
-    front and by counting the bytes as they arrive (a chunked body declares no length)."""
+def body_error(limit: int, setting: str | None) -> str:
+    named = f" ({setting})" if setting else ""
+    return f"request body: larger than the limit of {limit} bytes{named}"
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+
+class BodyLimitDetail:
+    """The outermost ASGI layer: FastAPI's body limit answers 413 "Content Too Large" (plain
+    text for a too-large Content-Length, JSON for bytes counted as they arrive); this turns
+    that answer into the API's JSON error naming the limit in force and its setting."""
+
+    def __init__(self, app: ASGIApp, settings_of_limits: dict[int, str]) -> None:
         self.app = app
-        self.max_bytes = max_bytes
+        self.settings_of_limits = settings_of_limits
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = dict(scope["headers"]).get(b"content-length", b"")
-        if declared.isdigit() and int(declared) > self.max_bytes:
-            await JSONResponse({"detail": _body_error(self.max_bytes)}, 413)(scope, receive, send)
-            return
-        received = 0
+        held: Message | None = None  # the start of a 413, until its body tells whose it is
+        replaced = False
 
-        async def limited() -> Message:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    # An HTTPException: FastAPI re-raises it from its body parsing (any other
-                    # error would become a 400) and the app's handler answers 413.
-                    raise HTTPException(413, _body_error(self.max_bytes))
-            return message
+        async def named(message: Message) -> None:
+            nonlocal held, replaced
+            if replaced:
+                return  # the rest of the body that was replaced
+            if message["type"] == "http.response.start" and message["status"] == 413:
+                held = message
+                return
+            if held is not None and message["type"] == "http.response.body":
+                start, held = held, None
+                limit = scope.get(MAX_BODY_SIZE_SCOPE_KEY)
+                if limit is not None and _TOO_LARGE in message.get("body", b""):
+                    detail = body_error(limit, self.settings_of_limits.get(limit))
+                    await JSONResponse({"detail": detail}, 413)(scope, receive, send)
+                    replaced = True
+                    return
+                await send(start)
+            await send(message)
 
-        await self.app(scope, limited, send)
+        await self.app(scope, receive, named)
 
 
 class StreamSlots:

@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, HTTPException, Query
 
 from backend.api.deps import ExperimentDep, LimitDep, OffsetDep, Read, SessionDep, SettingsDep
+from backend.api.responses import errors
 from backend.api.schemas import (
     MAX_INT,
     AttemptPublic,
@@ -23,7 +24,12 @@ from backend.core.runs import read_export_info, read_manifest
 from backend.db import metrics, results
 from backend.db.models import METRIC_KINDS
 
-router = APIRouter(prefix="/experiments/{experiment_id}", tags=["results"], dependencies=[Read])
+router = APIRouter(
+    prefix="/experiments/{experiment_id}",
+    tags=["results"],
+    dependencies=[Read],
+    responses=errors(401, 404),
+)
 
 Kind = Literal[METRIC_KINDS]  # type: ignore[valid-type]
 RoundQuery = Annotated[

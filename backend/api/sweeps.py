@@ -12,6 +12,7 @@ from fastapi.responses import HTMLResponse
 
 from backend.api.deps import LimitDep, OffsetDep, Read, SessionDep, SettingsDep, Write
 from backend.api.experiments import dispatch_stored
+from backend.api.responses import errors
 from backend.api.schemas import SweepCreate, SweepDetail, SweepPublic, SweepsPublic
 from backend.api.sweep_report import render
 from backend.core.checks import check_for_server
@@ -22,7 +23,7 @@ from backend.core.sweeps import SweepError, SweepRun, expand, grid_keys, parse_r
 from backend.db import sweeps as db
 from backend.db.models import Experiment, Sweep
 
-router = APIRouter(prefix="/sweeps", tags=["sweeps"], dependencies=[Read])
+router = APIRouter(prefix="/sweeps", tags=["sweeps"], dependencies=[Read], responses=errors(401))
 
 
 def _invalid(problems: list[tuple[tuple[Any, ...], str]]) -> RequestValidationError:
@@ -94,7 +95,11 @@ def summary(
 
 
 @router.post(
-    "", status_code=status.HTTP_201_CREATED, response_model=SweepPublic, dependencies=[Write]
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=SweepPublic,
+    dependencies=[Write],
+    responses=errors(413),
 )
 def create_sweep(
     session: SessionDep,
@@ -131,13 +136,18 @@ def _detail(session: SessionDep, sweep: Sweep) -> SweepDetail:
     )
 
 
-@router.get("/{sweep_id}", response_model=SweepDetail)
+@router.get("/{sweep_id}", response_model=SweepDetail, responses=errors(404))
 def read_sweep(session: SessionDep, sweep: SweepDep) -> SweepDetail:
     """A sweep with its experiments and the leaderboard of their metrics so far."""
     return _detail(session, sweep)
 
 
-@router.get("/{sweep_id}/report", response_class=HTMLResponse, dependencies=[Write])
+@router.get(
+    "/{sweep_id}/report",
+    response_class=HTMLResponse,
+    dependencies=[Write],
+    responses=errors(404),
+)
 def download_sweep_report(session: SessionDep, sweep: SweepDep) -> HTMLResponse:
     """The sweep's leaderboard and curves as one self-contained HTML file (opens offline)."""
     page = render(_detail(session, sweep).model_dump(mode="json"))
@@ -145,7 +155,12 @@ def download_sweep_report(session: SessionDep, sweep: SweepDep) -> HTMLResponse:
     return HTMLResponse(page, headers={"Content-Disposition": f'attachment; filename="{filename}"'})
 
 
-@router.post("/{sweep_id}/cancel", response_model=SweepPublic, dependencies=[Write])
+@router.post(
+    "/{sweep_id}/cancel",
+    response_model=SweepPublic,
+    dependencies=[Write],
+    responses=errors(404, 409),
+)
 def cancel_sweep(session: SessionDep, sweep: SweepDep) -> SweepPublic:
     """Cancel every queued or running experiment of a sweep (409 when none is)."""
     if not db.cancel_sweep(session, sweep_id=sweep.id):
@@ -156,7 +171,12 @@ def cancel_sweep(session: SessionDep, sweep: SweepDep) -> SweepPublic:
     return _public(sweep, db.status_counts(session, sweep_ids=[sweep.id])[sweep.id])
 
 
-@router.delete("/{sweep_id}", status_code=status.HTTP_204_NO_CONTENT, dependencies=[Write])
+@router.delete(
+    "/{sweep_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    dependencies=[Write],
+    responses=errors(404, 409),
+)
 def delete_sweep(session: SessionDep, settings: SettingsDep, sweep: SweepDep) -> None:
     """Delete a finished sweep, its experiments and their run directories (409 while any
     of them is queued or running)."""

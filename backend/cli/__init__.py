@@ -1,11 +1,15 @@
-"""The ``fedmomentum`` command line. Commands that need torch import the workers lazily."""
+"""The ``fedmomentum`` command line. Commands that need torch import the workers lazily; the
+commands of a running service (submit, list, status, follow, download, cancel) are in
+backend.cli.remote."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+from backend.cli import remote
 from backend.core.config import ConfigError, load_config
 from backend.core.sweeps import SweepError
 
@@ -128,8 +132,16 @@ def _table(summaries: list[dict[str, object]]) -> str:
     return "\n".join(rows)
 
 
+def _version() -> str:
+    try:
+        return version("fedmomentum")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fedmomentum", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run a federated experiment in this process")
     run.add_argument("config", type=Path, help="YAML experiment config (see examples/)")
@@ -196,6 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     work.add_argument("--queues", default="train,aggregate", help="default: train,aggregate")
     work.add_argument("--name", help="worker name (default: worker-<pid>@<host>)")
     work.set_defaults(func=_worker)
+    remote.add_commands(sub)
     return parser
 
 
@@ -203,6 +216,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
     except SweepError as e:
         print(f"invalid sweep:\n{e}", file=sys.stderr)
         return 2

@@ -340,12 +340,17 @@ def parse_config(data: dict[str, Any]) -> ExperimentConfig:
         raise ConfigError(describe(e)) from None
 
 
-def load_config(path: Path) -> ExperimentConfig:
-    """Read and validate a YAML config file."""
+def read_config_file(path: Path) -> dict[str, Any]:
+    """The fields of a YAML (or JSON) config file, not yet validated."""
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except (OSError, yaml.YAMLError) as e:
         raise ConfigError(f"{path}: {e}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of config fields")
-    return parse_config(data)
+    return data
+
+
+def load_config(path: Path) -> ExperimentConfig:
+    """Read and validate a YAML config file."""
+    return parse_config(read_config_file(path))
