@@ -15,7 +15,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from backend.api import api_router
+from backend.api import api_router, datasets
 from backend.api.dashboard import mount_dashboard
 from backend.api.errors import install_error_handlers
 from backend.api.limits import BodySizeLimit, StreamSlots, database_slots
@@ -66,8 +66,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings = settings or get_settings()
     app.state.event_slots = StreamSlots(settings.max_event_streams_per_client)
     app.state.db_slots = database_slots()
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    # Uploads have their own limit: the middleware applies it to their path (a 413 naming
+    # the setting) and FastAPI's route limit keeps it when the middleware is gone.
+    upload = (settings.max_dataset_bytes, "FEDMOMENTUM_MAX_DATASET_BYTES")
+    app.add_middleware(
+        BodySizeLimit,
+        max_bytes=settings.max_body_bytes,
+        paths={API_PREFIX + datasets.PATH: upload},
+    )
     install_error_handlers(app)
     app.include_router(api_router, prefix=API_PREFIX)
+    app.include_router(datasets.router, prefix=API_PREFIX, max_body_size=settings.max_dataset_bytes)
     mount_dashboard(app)
     return app

@@ -10,6 +10,7 @@ behind a load balancer a client may hold the limit in each of them.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 from typing import Any
 
 import anyio
@@ -31,25 +32,32 @@ def database_slots() -> anyio.Semaphore:
     return anyio.Semaphore(DB_CONCURRENCY)
 
 
-def _body_error(max_bytes: int) -> str:
-    return f"request body: larger than the limit of {max_bytes} bytes (FEDMOMENTUM_MAX_BODY_BYTES)"
+def _body_error(max_bytes: int, setting: str) -> str:
+    return f"request body: larger than the limit of {max_bytes} bytes ({setting})"
 
 
 class BodySizeLimit:
     """ASGI middleware: 413 for a request body over ``max_bytes``, by its Content-Length up
-    front and by counting the bytes as they arrive (a chunked body declares no length)."""
+    front and by counting the bytes as they arrive (a chunked body declares no length).
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    ``paths`` gives a path its own (limit, setting that sets it) instead (file uploads)."""
+
+    def __init__(
+        self, app: ASGIApp, max_bytes: int, paths: Mapping[str, tuple[int, str]] | None = None
+    ) -> None:
         self.app = app
-        self.max_bytes = max_bytes
+        self.limit = (max_bytes, "FEDMOMENTUM_MAX_BODY_BYTES")
+        self.paths = dict(paths or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        max_bytes, setting = self.paths.get(scope["path"].rstrip("/"), self.limit)
         declared = dict(scope["headers"]).get(b"content-length", b"")
-        if declared.isdigit() and int(declared) > self.max_bytes:
-            await JSONResponse({"detail": _body_error(self.max_bytes)}, 413)(scope, receive, send)
+        if declared.isdigit() and int(declared) > max_bytes:
+            detail = _body_error(max_bytes, setting)
+            await JSONResponse({"detail": detail}, 413)(scope, receive, send)
             return
         received = 0
 
@@ -58,10 +66,10 @@ class BodySizeLimit:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
+                if received > max_bytes:
                     # An HTTPException: FastAPI re-raises it from its body parsing (any other
                     # error would become a 400) and the app's handler answers 413.
-                    raise HTTPException(413, _body_error(self.max_bytes))
+                    raise HTTPException(413, _body_error(max_bytes, setting))
             return message
 
         await self.app(scope, limited, send)
