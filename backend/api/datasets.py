@@ -11,7 +11,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, File, Form, HTTPException, UploadFile, status
 from fastapi.exceptions import RequestValidationError
 
-from backend.api.deps import Read, SettingsDep, Write
+from backend.api.deps import LimitDep, OffsetDep, Read, SettingsDep, Write
 from backend.api.schemas import DatasetPublic, DatasetsPublic
 from backend.core import uploads
 
@@ -54,10 +54,13 @@ def upload_dataset(
 
 
 @router.get("", response_model=DatasetsPublic)
-def list_datasets(settings: SettingsDep) -> DatasetsPublic:
-    """Every uploaded dataset with its summary."""
+def list_datasets(
+    settings: SettingsDep, offset: OffsetDep = 0, limit: LimitDep = 50
+) -> DatasetsPublic:
+    """The uploaded datasets with their summaries, by name, paginated."""
     rows = uploads.list_all(settings)
-    return DatasetsPublic(data=[DatasetPublic(**r) for r in rows], count=len(rows))
+    page = [DatasetPublic(**r) for r in rows[offset : offset + limit]]
+    return DatasetsPublic(data=page, count=len(rows))
 
 
 def _named(name: str) -> str:

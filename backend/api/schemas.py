@@ -224,4 +224,4 @@ class DatasetPublic(BaseModel):
 
 class DatasetsPublic(BaseModel):
     data: list[DatasetPublic]
-    count: int
+    count: int = Field(description="uploaded datasets (all pages)")

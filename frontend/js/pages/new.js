@@ -2,7 +2,7 @@
 // truth: backend/config.py). Defaults are the demo, so Launch alone starts a real run. The
 // server validates; its errors appear next to the fields they name. A dataset file uploaded
 // here is previewed and becomes one of the dataset field's choices.
-import { api, ApiError, upload } from "api";
+import { allPages, api, ApiError, upload } from "api";
 import { countRows, datasetEntries, describe, previewTable, withUpload } from "datasets";
 import { fill, h, pct } from "dom";
 import { sweepLauncher } from "./launch-sweep.js";
@@ -264,7 +264,7 @@ export function render(app, { params }) {
       return;
     }
     try {
-      uploads = (await api("/datasets")).data;
+      uploads = await allPages("/datasets");
     } catch { /* the form works without the uploaded datasets */ }
     const from = params.get("from") ?? "";
     fill(app,
