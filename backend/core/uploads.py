@@ -105,7 +105,7 @@ def summarize(path: Path, *, source: str) -> dict[str, Any]:
 
 
 def _copy(source: IO[bytes], target: Path, limit: int) -> tuple[int, str]:
-    """Stream ``source`` into ``target``: (bytes, sha256); UploadError past ``limit``."""
+    """Stream ``source`` into ``target``: (bytes, sha256); TooLarge past ``limit``."""
     digest, size = hashlib.sha256(), 0
     with target.open("wb") as out:
         while chunk := source.read(_CHUNK):

@@ -7,6 +7,8 @@ import io
 import uuid
 from pathlib import Path
 
+import pytest
+
 from backend.core import uploads
 from backend.core.data import load_dataset
 from backend.core.settings import Settings
@@ -47,3 +49,17 @@ def test_restore_leaves_other_paths_alone(tmp_path):
         uploads.restore(str(path), settings)
 
     assert not elsewhere.exists() and not missing.exists()
+
+
+def test_a_file_over_the_limit_is_refused_while_streaming_and_nothing_is_kept(tmp_path):
+    settings = _settings(tmp_path, "small").model_copy(update={"max_dataset_bytes": 100})
+
+    with pytest.raises(uploads.TooLarge) as refused:
+        uploads.save(settings, source=io.BytesIO(CONTENT), filename="big.jsonl", name=None,
+                     replace=False)  # fmt: skip
+
+    assert str(refused.value) == (
+        "dataset upload: larger than the limit of 100 bytes (FEDMOMENTUM_MAX_DATASET_BYTES)"
+    )
+    assert uploads.get(settings, "big") is None
+    assert list(settings.data_root_dirs[0].iterdir()) == []  # no scratch folder left
