@@ -18,6 +18,8 @@ TAGS = [
      "Last-Event-ID."},
     {"name": "downloads", "description": "Exports and round adapters as zips, the HTML report "
      "(always behind the API token when the server has one)."},
+    {"name": "datasets", "description": "Upload a dataset file (checked like any dataset, kept "
+     "in the artifact store), list, read its summary and preview, delete."},
     {"name": "catalog", "description": "Strategies, models, datasets and export formats with "
      "descriptions; config defaults and JSON schema."},
     {"name": "health", "description": "Liveness, the database, and what needs the API token "

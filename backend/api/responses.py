@@ -21,9 +21,16 @@ _ERRORS: dict[int, dict[str, Any]] = {
         "description": "no or a wrong API token: send `Authorization: Bearer <token>` "
         "(FEDMOMENTUM_API_TOKEN of the server; reads stay open with FEDMOMENTUM_OPEN_READS)",
     },
-    404: {"model": Problem, "description": "no such experiment or sweep, or not produced yet"},
+    404: {
+        "model": Problem,
+        "description": "no such experiment, sweep or dataset, or not produced yet",
+    },
     409: {"model": Problem, "description": "not possible in its current status"},
-    413: {"model": Problem, "description": "request body over FEDMOMENTUM_MAX_BODY_BYTES"},
+    413: {
+        "model": Problem,
+        "description": "request body over its limit: FEDMOMENTUM_MAX_BODY_BYTES "
+        "(FEDMOMENTUM_MAX_DATASET_BYTES for a dataset upload)",
+    },
 }
 
 

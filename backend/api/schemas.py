@@ -201,3 +201,27 @@ class SweepDetail(SweepPublic):
     leaderboard: list[Row] = Field(
         description="one row per cell, best final mean first (see backend.core.leaderboard)"
     )
+
+
+class DatasetPublic(BaseModel):
+    """An uploaded dataset's summary."""
+
+    name: str
+    path: str = Field(description="what an experiment config's `dataset` names")
+    filename: str = Field(description="the uploaded file's name")
+    format: str
+    bytes: int
+    sha256: str
+    uploaded_at: datetime
+    layout: str = Field(description="chat, alpaca, prompt/response or text/label")
+    n_examples: int
+    preview: list[dict[str, str]] = Field(
+        description="the first examples: {prompt, response}, or {text, label} for text/label"
+    )
+    count_by: Literal["label", "topic"]
+    counts: dict[str, int] = Field(description="examples per label (text/label) or topic")
+
+
+class DatasetsPublic(BaseModel):
+    data: list[DatasetPublic]
+    count: int = Field(description="uploaded datasets (all pages)")

@@ -71,6 +71,8 @@ class Settings(BaseSettings):
     # stream; 100 lets a team behind one NAT address watch while one runaway script cannot
     # make the process poll the database thousands of times a second.
     max_body_bytes: int = Field(1 << 20, gt=0)
+    # The dataset upload route (POST /api/v1/datasets) has its own body limit instead.
+    max_dataset_bytes: int = Field(200 << 20, gt=0)
     max_event_streams_per_client: int = Field(100, ge=0)
     # What an API request may name by path (JSON lists of folders; symlinks are resolved, so
     # a link inside a root to a file outside it is refused). Default: data_dir/models and
@@ -104,6 +106,10 @@ class Settings(BaseSettings):
     def runs_store(self) -> Store:
         """The artifact store folder that holds one run directory per experiment."""
         return Store(self.artifact_url or self.runs_dir, self.artifact_options)
+
+    def datasets_store(self) -> Store:
+        """The artifact store folder of uploaded datasets (beside the run directories)."""
+        return self.runs_store().sub("datasets")
 
     @property
     def model_root_dirs(self) -> list[Path]:

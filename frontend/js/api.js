@@ -67,6 +67,21 @@ export async function api(path, { method = "GET", body } = {}) {
   } catch (e) {
     throw new ApiError(0, `the server did not answer (${e.message})`);
   }
+  return answer(response);
+}
+
+/** POST a multipart form (a FormData with files) to ``path``; the JSON answer. */
+export async function upload(path, form) {
+  let response;
+  try {
+    response = await authorized(API + path, { method: "POST", body: form });
+  } catch (e) {
+    throw new ApiError(0, `the server did not answer (${e.message})`);
+  }
+  return answer(response);
+}
+
+async function answer(response) {
   if (response.status === 204) return null;
   const data = await response.json().catch(() => null);
   if (!response.ok) throw new ApiError(response.status, data?.detail ?? response.statusText);

@@ -66,7 +66,7 @@ def test_each_declared_401_and_404_is_what_the_route_answers(spec, settings: Set
     with TestClient(create_app(locked)) as client:
         for path, method, op in _operations(spec):
             url = path.replace("{experiment_id}", "nope").replace("{sweep_id}", "nope")
-            url = url.replace("{round}", "0")
+            url = url.replace("{round}", "0").replace("{name}", "nope")
             if "401" in op["responses"]:
                 assert client.request(method, url).status_code == 401, (method, path)
             if "404" in op["responses"] and method == "get":

@@ -13,6 +13,7 @@ from functools import lru_cache
 from backend.core.config import ExperimentConfig
 from backend.core.data import Example, TaskData, load_dataset, partition
 from backend.core.settings import get_settings
+from backend.core.uploads import restore
 
 _PRIME = 1_000_003  # spreads experiment seeds apart: (seed, round) pairs never collide
 
@@ -33,6 +34,7 @@ def sample_clients(cfg: ExperimentConfig, round_num: int) -> list[int]:
 
 @lru_cache(maxsize=4)
 def _task(dataset: str, seed: int, n_train: int | None, n_eval: int | None) -> TaskData:
+    restore(dataset, get_settings())  # an uploaded dataset this machine has no copy of yet
     return load_dataset(dataset, seed=seed, n_train=n_train, n_eval=n_eval)
 
 

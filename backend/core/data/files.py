@@ -215,10 +215,9 @@ def chat_example(row: Row, source: str) -> Example:
     return Example(prompt, " " + turns[last][1], _optional_label(row), context)
 
 
-def rows_to_task(
-    name: str, rows: list[Row], seed: int, n_train: int | None, n_eval: int | None
-) -> TaskData:
-    """Examples from records (layout chosen by the first one), split 90/10 by seed."""
+def rows_to_examples(name: str, rows: list[Row]) -> tuple[str, list[Example], str, str]:
+    """(layout, the examples in record order, metric, scoring) of records whose layout is
+    chosen by the first one; ValueError naming the place of the first bad record."""
     if len(rows) < 2:
         raise ValueError(f"{name}: needs at least 2 examples (one to train, one to evaluate)")
     layout, cols = detect_layout(name, list(rows[0][1]))
@@ -228,23 +227,30 @@ def rows_to_task(
         examples = [
             Example(_classification_prompt(t, labels), f" {label}", label) for t, label in pairs
         ]
-        metric, scoring = "accuracy", "label"
+        return layout, examples, "accuracy", "label"
+    if layout == "chat":
+        examples = [chat_example(r, name) for r in rows]
+    elif layout == "alpaca":
+        examples = [alpaca_example(r, name) for r in rows]
     else:
-        if layout == "chat":
-            examples = [chat_example(r, name) for r in rows]
-        elif layout == "alpaca":
-            examples = [alpaca_example(r, name) for r in rows]
-        else:
-            examples = [
-                Example(
-                    _field(r, cols["prompt"], name),
-                    _field(r, cols["response"], name),
-                    _optional_label(r),
-                )
-                for r in rows
-            ]
-        number = all("####" in ex.response for ex in examples)  # GSM8K-style final answers
-        metric, scoring = ("exact_match", "number") if number else ("accuracy", "contains")
+        examples = [
+            Example(
+                _field(r, cols["prompt"], name),
+                _field(r, cols["response"], name),
+                _optional_label(r),
+            )
+            for r in rows
+        ]
+    number = all("####" in ex.response for ex in examples)  # GSM8K-style final answers
+    metric, scoring = ("exact_match", "number") if number else ("accuracy", "contains")
+    return layout, examples, metric, scoring
+
+
+def rows_to_task(
+    name: str, rows: list[Row], seed: int, n_train: int | None, n_eval: int | None
+) -> TaskData:
+    """Examples from records (layout chosen by the first one), split 90/10 by seed."""
+    _, examples, metric, scoring = rows_to_examples(name, rows)
     order = list(range(len(examples)))
     random.Random(f"file:{seed}").shuffle(order)
     n_ev = max(1, round(len(examples) * EVAL_SHARE))
@@ -252,6 +258,14 @@ def rows_to_task(
     train = [examples[i] for i in order[n_ev:]][:n_train]
     labels = sorted({ex.label for ex in examples})
     return TaskData(name, train, eval_set, metric, labels, scoring)
+
+
+def read_file(path: Path) -> tuple[str, list[Row], list[Example]]:
+    """A user file's layout, records and examples in file order, checked exactly as
+    ``load_file`` checks them (ValueError naming the file and the place)."""
+    rows = _read_rows(path)
+    layout, examples, _, _ = rows_to_examples(str(path), rows)
+    return layout, rows, examples
 
 
 def load_file(path: Path, seed: int, n_train: int | None, n_eval: int | None) -> TaskData:

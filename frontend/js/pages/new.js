@@ -1,8 +1,10 @@
 // New experiment: a form built from the config's JSON schema and the catalog (one source of
 // truth: backend/config.py). Defaults are the demo, so Launch alone starts a real run. The
-// server validates; its errors appear next to the fields they name.
-import { api, ApiError } from "api";
-import { fill, h } from "dom";
+// server validates; its errors appear next to the fields they name. A dataset file uploaded
+// here is previewed and becomes one of the dataset field's choices.
+import { allPages, api, ApiError, upload } from "api";
+import { countRows, datasetEntries, describe, previewTable, withUpload } from "datasets";
+import { fill, h, pct } from "dom";
 import { sweepLauncher } from "./launch-sweep.js";
 
 const GROUPS = [ // [config key, title, open by default]
@@ -42,7 +44,7 @@ function field(path, prop, value, choices) {
     const known = choices.entries.some((c) => c.name === value);
     const text = h("input", { type: "text", placeholder: choices.other, value: known ? "" : value ?? "", hidden: known, "aria-label": `${label(path)} (other)` });
     input = h("select", { id, name: path },
-      choices.entries.map((c) => h("option", { value: c.name, selected: c.name === value, title: c.description }, c.name)),
+      choices.entries.map((c) => h("option", { value: c.name, selected: c.name === value, title: c.description }, c.label ?? c.name)),
       choices.other ? h("option", { value: OTHER, selected: !known }, "other…") : null);
     const describe = () => {
       const entry = choices.entries.find((c) => c.name === input.value);
@@ -80,6 +82,60 @@ function field(path, prop, value, choices) {
   return { path, read, error, el: h("div.field", { dataset: { path } }, h("label", { for: id }, label(path.split(".").pop())), input, help, error) };
 }
 
+/** The preview of an uploaded dataset: what it holds, its first examples, its count per group. */
+function previewOf(summary) {
+  const table = previewTable(summary);
+  return [
+    h("p.muted#dataset-summary", {}, `${summary.name}: ${describe(summary)}`),
+    h("div.table-wrap", h("table.preview#dataset-examples",
+      h("thead", h("tr", table.columns.map((c) => h("th", {}, c)))),
+      h("tbody", table.rows.map((row) => h("tr", row.map((cell) => h("td", {}, cell))))))),
+    h("table.counts#dataset-counts",
+      h("thead", h("tr", h("th", {}, summary.count_by), h("th", {}, "examples"), h("th", {}, "share"))),
+      h("tbody", countRows(summary).map((r) => h("tr", { dataset: { key: r.key } },
+        h("td", {}, r.key), h("td.num", {}, String(r.count)), h("td.num", {}, pct(r.share)))))),
+  ];
+}
+
+/** Upload control: a dataset file sent on choice, then onUploaded(summary). */
+function uploader(onUploaded) {
+  const file = h("input#dataset-file", { type: "file", accept: ".jsonl,.json,.csv,.parquet", "aria-label": "dataset file" });
+  const name = h("input#dataset-name", { type: "text", placeholder: "name (default: the file's)", "aria-label": "dataset name" });
+  const replace = h("input#dataset-replace", { type: "checkbox" });
+  const status = h("span.muted#dataset-status", { role: "status" });
+  const error = h("div.field-error#dataset-error", { role: "alert" });
+  const preview = h("div#dataset-preview", { hidden: true });
+  file.addEventListener("change", async () => {
+    if (!file.files.length) return;
+    const form = new FormData();
+    form.append("file", file.files[0]);
+    if (name.value.trim()) form.append("name", name.value.trim());
+    form.append("replace", String(replace.checked));
+    error.textContent = "";
+    status.textContent = "Uploading…";
+    try {
+      const summary = await upload("/datasets", form);
+      status.textContent = "Uploaded; selected as the dataset.";
+      onUploaded(summary);
+    } catch (e) {
+      status.textContent = "";
+      const detail = e instanceof ApiError ? e.detail : e.message;
+      error.textContent = Array.isArray(detail) ? detail.map((d) => String(d.msg).replace(/^Value error, /, "")).join("; ") : String(detail);
+    }
+    file.value = "";
+  });
+  const show = (summary) => {
+    if (summary) fill(preview, previewOf(summary));
+    preview.hidden = !summary;
+  };
+  const el = h("div.upload#dataset-upload",
+    h("div.upload-row", h("label", { for: "dataset-file" }, "Upload a dataset"), name, file,
+      h("label.check", {}, replace, " replace an upload of that name"), status),
+    h("div.help", {}, "A .jsonl, .json, .csv or .parquet file: prompt/response, text/label, Alpaca or chat messages."),
+    error, preview);
+  return { el, show };
+}
+
 /** Put ``value`` at the dotted ``path`` of ``target``. */
 function setPath(target, path, value) {
   const keys = path.split(".");
@@ -91,6 +147,24 @@ function setPath(target, path, value) {
 export function render(app, { params }) {
   let catalog = null;
   let fields = [];
+  let uploads = []; // summaries of the uploaded datasets
+  const datasetChoice = { entries: [], other: ".jsonl/.json/.csv/.parquet path or hf:<id>[@split]" };
+  const uploadControl = uploader((summary) => {
+    uploads = [...uploads.filter((d) => d.name !== summary.name), summary];
+    datasetChoice.entries = withUpload(datasetChoice.entries, summary);
+    const select = form.querySelector("#field-dataset");
+    const entry = datasetChoice.entries.find((e) => e.name === summary.path);
+    let option = [...select.options].find((o) => o.value === entry.name);
+    if (!option) {
+      option = h("option", { value: entry.name }, entry.label);
+      const other = select.querySelector(`option[value="${OTHER}"]`);
+      if (other) other.before(option);
+      else select.append(option);
+    }
+    option.title = entry.description;
+    select.value = entry.name;
+    select.dispatchEvent(new Event("change"));
+  });
   const form = h("form#experiment-form", { novalidate: true });
   const formError = h("div.form-error#form-error", { role: "alert", hidden: true });
   const launch = h("button.primary#launch", { type: "submit" }, "Launch");
@@ -101,9 +175,10 @@ export function render(app, { params }) {
     const choices = {
       strategy: { entries: catalog.strategies },
       model: { entries: catalog.models, other: "local model directory or hub id" },
-      dataset: { entries: catalog.datasets, other: ".jsonl/.json/.csv/.parquet path or hf:<id>[@split]" },
+      dataset: datasetChoice,
       "data.partition": { entries: catalog.partitions.map((p) => ({ name: p, description: "" })) },
     };
+    datasetChoice.entries = datasetEntries(catalog.datasets, uploads);
     fields = [];
     const make = (path, prop, value) => {
       const f = field(path, resolve(schema, prop), value, choices[path]);
@@ -111,7 +186,11 @@ export function render(app, { params }) {
       return f.el;
     };
     const basics = h("fieldset.group", h("legend", {}, "Experiment"),
-      h("div.fields", BASICS.map((k) => make(k, schema.properties[k], config[k]))));
+      h("div.fields", BASICS.map((k) => make(k, schema.properties[k], config[k]))), uploadControl.el);
+    const datasetSelect = basics.querySelector("#field-dataset");
+    const showUpload = () => uploadControl.show(uploads.find((d) => d.path === datasetSelect.value));
+    datasetSelect.addEventListener("change", showUpload);
+    showUpload();
     const groups = GROUPS.map(([key, title, open]) => {
       const sub = resolve(schema, schema.properties[key]);
       const error = h("div.field-error", { id: `error-${key}`, role: "alert", dataset: { for: key } });
@@ -184,6 +263,9 @@ export function render(app, { params }) {
       fill(app, h("div.banner", { role: "alert" }, `Could not load the catalog: ${e.message}`));
       return;
     }
+    try {
+      uploads = await allPages("/datasets");
+    } catch { /* the form works without the uploaded datasets */ }
     const from = params.get("from") ?? "";
     fill(app,
       h("div.page-head", h("h1", {}, "New experiment"),
