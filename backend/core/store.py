@@ -2,12 +2,14 @@
 ``s3://bucket/prefix`` on any S3-compatible store with the ``s3`` extra, ``memory://`` in
 tests). Torch-free: the API streams downloads from it, the workers keep run directories in it.
 
-Keys are ``/``-separated paths relative to the store's root. Writes are atomic: a file is
-written under a temporary name in its folder and then moved into place, so a reader never
-sees half a file (a local rename; on object stores the final object appears in one piece).
-A folder committed with ``commit_dir`` appears at once on a local disk (one rename); on an
-object store, where folders cannot be renamed, it counts as present only once its marker
-object (``.<name>.committed`` beside it) is written, after every file.
+Keys are ``/``-separated paths relative to the store's root. Writes are atomic, so a reader
+never sees half a file: on S3 a file is written straight under its key (one PUT, or a
+multipart upload that is completed only after its last part: the object appears whole or
+not at all); elsewhere it is written under a temporary name in its folder and then moved
+into place (a rename on a local disk). A folder committed with ``commit_dir`` appears at once
+on a local disk (one rename); on an object store, where folders cannot be renamed, it counts
+as present only once its marker object (``.<name>.committed`` beside it) is written, after
+every file.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 _CHUNK = 1 << 22  # bytes per read/write when streaming a large file into the store
+# Filesystems whose writes are atomic by themselves (see the module doc).
+_ATOMIC_PUT = frozenset({"s3", "s3a"})
 
 
 def _marker(key: str) -> str:
@@ -44,6 +48,10 @@ class Store:
         self.fs, self.root = fsspec.core.url_to_fs(str(location), **opts)
         self.root = self.root.rstrip("/") or "/"
         self.local = isinstance(self.fs, LocalFileSystem)
+        protocols = self.fs.protocol
+        self.atomic_put = bool(
+            _ATOMIC_PUT.intersection((protocols,) if isinstance(protocols, str) else protocols)
+        )
 
     def __repr__(self) -> str:
         return f"Store({self.url()!r})"
@@ -62,7 +70,7 @@ class Store:
     def sub(self, key: str) -> Store:
         """The store of a folder inside this one (same filesystem)."""
         child = object.__new__(Store)
-        child.fs, child.local = self.fs, self.local
+        child.fs, child.local, child.atomic_put = self.fs, self.local, self.atomic_put
         child.root = self.path(key).rstrip("/")
         return child
 
@@ -132,7 +140,11 @@ class Store:
     # ---- writing ------------------------------------------------------------------------
 
     def _publish(self, key: str, write: Callable[[str], None]) -> None:
-        """``write`` a temporary name in the key's folder, then move it into place."""
+        """``write`` the key itself where writes are atomic; elsewhere a temporary name in the
+        key's folder, then move it into place."""
+        if self.atomic_put:
+            write(self.path(key))
+            return
         parent, name = posixpath.split(self.path(key))
         tmp = posixpath.join(parent, f".{name}.{uuid.uuid4().hex[:12]}.tmp")
         if self.local:  # object stores have no folders to create
@@ -149,7 +161,7 @@ class Store:
             raise
 
     def write_bytes(self, key: str, data: bytes) -> None:
-        """Write a file atomically: a temporary name in its folder, then moved into place."""
+        """Write a file atomically (see the module doc)."""
         self._publish(key, lambda tmp: self.fs.pipe_file(tmp, data))
 
     def write_text(self, key: str, text: str) -> None:
@@ -166,7 +178,11 @@ class Store:
             f.write(text.encode("utf-8"))
 
     def put_file(self, local: Path, key: str) -> None:
-        """Copy a local file into the store atomically, streamed."""
+        """Copy a local file into the store atomically, streamed (on S3: one PUT, or from
+        100 MiB on a multipart upload of 50 MiB parts, aborted when the copy fails midway)."""
+        if self.atomic_put:
+            self.fs.put_file(str(local), self.path(key))
+            return
 
         def copy(tmp: str) -> None:
             with local.open("rb") as src, self.fs.open(tmp, "wb") as dst:
