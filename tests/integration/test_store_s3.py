@@ -119,3 +119,22 @@ def test_a_multipart_upload_cut_midway_is_aborted_and_never_appears(
     assert proxy.cuts >= 1
     assert s3_server.objects(bucket) == {}  # not half the object: none
     assert s3_server.multipart_uploads(bucket) == []  # and the upload was aborted
+
+
+def test_a_lost_bucket_is_an_error_naming_the_object(s3_server: S3Server) -> None:
+    store = Store("s3://fm-no-such-bucket/runs", options(s3_server))
+
+    with pytest.raises(FileNotFoundError) as read:
+        store.read_bytes("exp/state/round-0001/adapter-r8.safetensors")
+    with pytest.raises(FileNotFoundError) as write:
+        store.write_json("exp/manifest.json", {})
+
+    assert str(read.value) == (
+        "The specified bucket does not exist: "
+        "'s3://fm-no-such-bucket/runs/exp/state/round-0001/adapter-r8.safetensors'"
+    )
+    assert str(write.value).endswith(": 's3://fm-no-such-bucket/runs/exp/manifest.json'")
+    with pytest.raises(
+        FileNotFoundError, match="does not exist: 's3://fm-no-such-bucket/runs/exp'"
+    ):
+        store.files("exp")
