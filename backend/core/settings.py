@@ -56,7 +56,8 @@ class Settings(BaseSettings):
     # default data_dir/runs; s3://bucket/prefix with the `s3` extra (any S3-compatible store).
     artifact_url: str = ""
     # fsspec storage options as JSON, e.g. {"endpoint_url": "http://minio:9000"}; S3
-    # credentials come from the usual AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY variables.
+    # credentials, region and endpoint also come from botocore's standard variables
+    # (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION, AWS_ENDPOINT_URL).
     artifact_options: dict[str, Any] = {}
     # Auth: when set, every write and download needs `Authorization: Bearer <api_token>`,
     # and so do reads unless open_reads (the dashboard asks for the token once per session).

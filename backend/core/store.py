@@ -2,12 +2,14 @@
 ``s3://bucket/prefix`` on any S3-compatible store with the ``s3`` extra, ``memory://`` in
 tests). Torch-free: the API streams downloads from it, the workers keep run directories in it.
 
-Keys are ``/``-separated paths relative to the store's root. Writes are atomic: a file is
-written under a temporary name in its folder and then moved into place, so a reader never
-sees half a file (a local rename; on object stores the final object appears in one piece).
-A folder committed with ``commit_dir`` appears at once on a local disk (one rename); on an
-object store, where folders cannot be renamed, it counts as present only once its marker
-object (``.<name>.committed`` beside it) is written, after every file.
+Keys are ``/``-separated paths relative to the store's root. Writes are atomic, so a reader
+never sees half a file: on S3 a file is written straight under its key (one PUT, or a
+multipart upload that is completed only after its last part: the object appears whole or
+not at all); elsewhere it is written under a temporary name in its folder and then moved
+into place (a rename on a local disk). A folder committed with ``commit_dir`` appears at once
+on a local disk (one rename); on an object store, where folders cannot be renamed, it counts
+as present only once its marker object (``.<name>.committed`` beside it) is written, after
+every file.
 """
 
 from __future__ import annotations
@@ -27,6 +29,18 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 _CHUNK = 1 << 22  # bytes per read/write when streaming a large file into the store
+# Filesystems whose writes are atomic by themselves (see the module doc).
+_ATOMIC_PUT = frozenset({"s3", "s3a"})
+
+
+def _named(e: OSError, url: str) -> OSError:
+    """``e`` naming ``url`` as its file (``[Errno 2] Not found: 's3://bucket/key'``)."""
+    try:
+        if e.errno is None:
+            return type(e)(f"{e}: {url!r}")
+        return type(e)(e.errno, e.strerror, url)
+    except TypeError:  # an error type of a library with another signature
+        return OSError(f"{type(e).__name__}: {e}: {url!r}")
 
 
 def _marker(key: str) -> str:
@@ -44,6 +58,10 @@ class Store:
         self.fs, self.root = fsspec.core.url_to_fs(str(location), **opts)
         self.root = self.root.rstrip("/") or "/"
         self.local = isinstance(self.fs, LocalFileSystem)
+        protocols = self.fs.protocol
+        self.atomic_put = bool(
+            _ATOMIC_PUT.intersection((protocols,) if isinstance(protocols, str) else protocols)
+        )
 
     def __repr__(self) -> str:
         return f"Store({self.url()!r})"
@@ -62,7 +80,7 @@ class Store:
     def sub(self, key: str) -> Store:
         """The store of a folder inside this one (same filesystem)."""
         child = object.__new__(Store)
-        child.fs, child.local = self.fs, self.local
+        child.fs, child.local, child.atomic_put = self.fs, self.local, self.atomic_put
         child.root = self.path(key).rstrip("/")
         return child
 
@@ -72,16 +90,30 @@ class Store:
             raise ValueError(f"{self.url(key)} is not on a local filesystem")
         return Path(self.path(key))
 
+    @contextmanager
+    def _naming(self, key: str) -> Iterator[None]:
+        """An OSError of the filesystem that does not say which file names the key's full
+        location (an object store's "The specified bucket does not exist" alone does not)."""
+        try:
+            yield
+        except OSError as e:
+            if e.filename is not None or self.path(key) in str(e):
+                raise
+            raise _named(e, self.url(key)) from e
+
     # ---- reading ------------------------------------------------------------------------
 
     def exists(self, key: str = "") -> bool:
-        return bool(self.fs.exists(self.path(key)))
+        with self._naming(key):
+            return bool(self.fs.exists(self.path(key)))
 
     def isfile(self, key: str) -> bool:
-        return bool(self.fs.isfile(self.path(key)))
+        with self._naming(key):
+            return bool(self.fs.isfile(self.path(key)))
 
     def read_bytes(self, key: str) -> bytes:
-        return bytes(self.fs.cat_file(self.path(key)))
+        with self._naming(key):
+            return bytes(self.fs.cat_file(self.path(key)))
 
     def read_text(self, key: str) -> str:
         return self.read_bytes(key).decode("utf-8")
@@ -91,28 +123,32 @@ class Store:
 
     def open(self, key: str) -> IO[bytes]:
         """A file of the store, opened for reading (streaming large files)."""
-        return self.fs.open(self.path(key), "rb")  # type: ignore[no-any-return]
+        with self._naming(key):
+            return self.fs.open(self.path(key), "rb")  # type: ignore[no-any-return]
 
     def size(self, key: str) -> int:
         """Bytes of a file, or of every file below a folder."""
-        return sum(int(self.fs.size(self.path(k))) for k in self.files(key))
+        with self._naming(key):
+            return sum(int(self.fs.size(self.path(k))) for k in self.files(key))
 
     def files(self, key: str = "") -> list[str]:
         """Keys of every file at or below ``key``, sorted. On a local disk, anything that
         resolves outside the store (a planted symlink) is left out."""
         path = self.path(key)
-        if self.fs.isfile(path):
-            found = [path]
-        elif self.local:  # os.walk does not descend into symlinked folders
-            found = [os.path.join(d, n) for d, _, names in os.walk(path) for n in names]
-        else:
-            found = list(self.fs.find(path))
+        with self._naming(key):
+            if self.fs.isfile(path):
+                found = [path]
+            elif self.local:  # os.walk does not descend into symlinked folders
+                found = [os.path.join(d, n) for d, _, names in os.walk(path) for n in names]
+            else:
+                found = list(self.fs.find(path))
         keys = sorted(self._key(p) for p in found if self._contains(p))
         return [k for k in keys if not posixpath.basename(k).endswith(".committed")]
 
     def glob(self, pattern: str) -> list[str]:
         """Keys matching a glob pattern (relative to the store), sorted."""
-        return sorted(self._key(p) for p in self.fs.glob(self.path(pattern)))
+        with self._naming(pattern):
+            return sorted(self._key(p) for p in self.fs.glob(self.path(pattern)))
 
     def committed(self, key: str) -> bool:
         """Whether a folder written with ``commit_dir`` is complete (see the module doc)."""
@@ -132,25 +168,30 @@ class Store:
     # ---- writing ------------------------------------------------------------------------
 
     def _publish(self, key: str, write: Callable[[str], None]) -> None:
-        """``write`` a temporary name in the key's folder, then move it into place."""
-        parent, name = posixpath.split(self.path(key))
-        tmp = posixpath.join(parent, f".{name}.{uuid.uuid4().hex[:12]}.tmp")
-        if self.local:  # object stores have no folders to create
-            self.fs.makedirs(parent, exist_ok=True)
-        try:
-            write(tmp)
-            if self.local:
-                os.replace(tmp, self.path(key))  # atomic, and replaces an existing file
-            else:
-                self.fs.mv(tmp, self.path(key))  # the object appears whole
-        except BaseException:
-            if self.fs.exists(tmp):
-                self.fs.rm(tmp)
-            raise
+        """``write`` the key itself where writes are atomic; elsewhere a temporary name in the
+        key's folder, then move it into place."""
+        with self._naming(key):
+            if self.atomic_put:
+                write(self.path(key))
+                return
+            parent, name = posixpath.split(self.path(key))
+            tmp = posixpath.join(parent, f".{name}.{uuid.uuid4().hex[:12]}.tmp")
+            if self.local:  # object stores have no folders to create
+                self.fs.makedirs(parent, exist_ok=True)
+            try:
+                write(tmp)
+                if self.local:
+                    os.replace(tmp, self.path(key))  # atomic, and replaces an existing file
+                else:
+                    self.fs.mv(tmp, self.path(key))  # the object appears whole
+            except BaseException:
+                if self.fs.exists(tmp):
+                    self.fs.rm(tmp)
+                raise
 
     def write_bytes(self, key: str, data: bytes) -> None:
-        """Write a file atomically: a temporary name in its folder, then moved into place."""
-        self._publish(key, lambda tmp: self.fs.pipe_file(tmp, data))
+        """Write a file atomically (see the module doc)."""
+        self._publish(key, lambda path: self.fs.pipe_file(path, data))
 
     def write_text(self, key: str, text: str) -> None:
         self.write_bytes(key, text.encode("utf-8"))
@@ -160,16 +201,21 @@ class Store:
 
     def append_text(self, key: str, text: str) -> None:
         """Append to a log file (not atomic: for the in-process runner's metrics log)."""
-        if self.local:
-            self.fs.makedirs(posixpath.dirname(self.path(key)), exist_ok=True)
-        with self.fs.open(self.path(key), "ab") as f:
-            f.write(text.encode("utf-8"))
+        with self._naming(key):
+            if self.local:
+                self.fs.makedirs(posixpath.dirname(self.path(key)), exist_ok=True)
+            with self.fs.open(self.path(key), "ab") as f:
+                f.write(text.encode("utf-8"))
 
     def put_file(self, local: Path, key: str) -> None:
-        """Copy a local file into the store atomically, streamed."""
+        """Copy a local file into the store atomically, streamed (on S3: one PUT, or from
+        100 MiB on a multipart upload of 50 MiB parts, aborted when the copy fails midway)."""
 
-        def copy(tmp: str) -> None:
-            with local.open("rb") as src, self.fs.open(tmp, "wb") as dst:
+        def copy(path: str) -> None:
+            if self.atomic_put:
+                self.fs.put_file(str(local), path)
+                return
+            with local.open("rb") as src, self.fs.open(path, "wb") as dst:
                 while chunk := src.read(_CHUNK):
                     dst.write(chunk)
 
@@ -178,10 +224,11 @@ class Store:
     def remove(self, key: str) -> bool:
         """Delete a file or folder (and its commit marker); False when there was none."""
         found = False
-        for path in (self.path(_marker(key)), self.path(key)):  # uncommitted from the first
-            if key and self.fs.exists(path):
-                self.fs.rm(path, recursive=True)
-                found = True
+        with self._naming(key):
+            for path in (self.path(_marker(key)), self.path(key)):  # uncommitted from the first
+                if key and self.fs.exists(path):
+                    self.fs.rm(path, recursive=True)
+                    found = True
         return found
 
     @contextmanager
