@@ -34,7 +34,7 @@ from tensorboard.compat.proto.summary_pb2 import Summary
 from tensorboard.summary.writer.record_writer import RecordWriter
 
 from backend.core.config import ExperimentConfig
-from backend.core.runs import RunPaths
+from backend.core.runs import METRICS_ENVELOPE, RunPaths
 from backend.core.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,8 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
 
 
 def scalars(records: Iterable[Mapping[str, Any]]) -> list[Scalar]:
-    """The numbers of metrics records as named scalars (see the module docstring)."""
+    """The numbers of metrics records (as returned, or as metrics.jsonl lines) as named
+    scalars (see the module docstring); a round's client steps must all be among them."""
     records = list(records)
     steps_per_round = Counter(
         (r["round"], r["client"]) for r in records if r["kind"] == "client_step"
@@ -78,7 +79,7 @@ def scalars(records: Iterable[Mapping[str, Any]]) -> list[Scalar]:
 
 
 def _values(record: Mapping[str, Any], skip: tuple[str, ...]) -> dict[str, Any]:
-    return {k: v for k, v in record.items() if k not in ("kind", "round", "time", *skip)}
+    return {k: v for k, v in record.items() if k not in ("kind", "round", *METRICS_ENVELOPE, *skip)}
 
 
 def _numbers(prefix: str, values: Mapping[str, Any], step: int) -> list[Scalar]:
