@@ -1,12 +1,15 @@
 """The service logs to a real MLflow tracking server (``mlflow server`` on 127.0.0.1): one
 MLflow run per experiment, its metrics equal to the service's own, every round once, also
-when the worker is killed mid-round and another one takes over."""
+when the worker is killed mid-round and another one takes over; and the run directory's
+TensorBoard events hold the same numbers."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from mlflow.tracking import MlflowClient
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from tests.helpers import mlflow_server
 from tests.service.conftest import Service
@@ -58,3 +61,8 @@ def test_a_killed_worker_leaves_one_mlflow_run_with_every_round_once(
             assert history(f"client/{c}/loss") == sorted(want)
         listed = [f.path for f in client.list_artifacts(run_id, "export/adapter")]
         assert "export/adapter/adapter_config.json" in listed
+
+    events = EventAccumulator(str(service.tmp / "data" / "runs" / eid / "tensorboard"))
+    events.Reload()
+    got = [(e.step, e.value) for e in events.Scalars("eval/accuracy")]
+    assert got == [(m["round"], pytest.approx(m["values"]["accuracy"], rel=1e-6)) for m in evals]
