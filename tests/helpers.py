@@ -1,12 +1,18 @@
-"""Helpers shared by the test packages: real PostgreSQL schemas, real Redis, free ports."""
+"""Helpers shared by the test packages: real PostgreSQL schemas, real Redis, a real MLflow
+tracking server, free ports."""
 
 from __future__ import annotations
 
 import os
+import signal
 import socket
+import subprocess
+import sys
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -67,6 +73,63 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+ROOT = Path(__file__).resolve().parents[1]
+MLFLOW_REQUIREMENTS = ROOT / "requirements-mlflow-server.txt"
+MLFLOW_VENV = ROOT / ".venv" / "mlflow-server"  # `make install` creates it too
+
+
+def mlflow_bin() -> Path:
+    """The ``mlflow`` command of the server's own virtual environment, created (once per
+    requirements file) when missing."""
+    stamp = MLFLOW_VENV / ".installed"
+    wanted = MLFLOW_REQUIREMENTS.read_text()
+    if not (stamp.is_file() and stamp.read_text() == wanted):
+        subprocess.run([sys.executable, "-m", "venv", str(MLFLOW_VENV)], check=True)
+        pip = [str(MLFLOW_VENV / "bin" / "pip"), "install", "-q"]
+        subprocess.run([*pip, "-r", str(MLFLOW_REQUIREMENTS)], check=True)
+        stamp.write_text(wanted)
+    return MLFLOW_VENV / "bin" / "mlflow"
+
+
+@contextmanager
+def mlflow_server(folder: Path) -> Iterator[str]:
+    """A real ``mlflow server`` on 127.0.0.1 (SQLite backend store and artifacts under
+    ``folder``); yields its URL and stops it afterwards."""
+    import httpx
+
+    folder.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    cmd = [
+        str(mlflow_bin()), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+        "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
+        "--artifacts-destination", str(folder / "artifacts"),
+    ]  # fmt: skip
+    log = folder / "server.log"
+    with log.open("ab") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"mlflow server did not start:\n{log.read_text()[-4000:]}")
+            time.sleep(0.3)
+        yield url
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(10)
 
 
 def unique(prefix: str) -> str:

@@ -25,7 +25,7 @@ from backend.core.settings import Settings
 from backend.db import lifecycle, results
 from backend.db.engine import get_engine
 from backend.db.events import add_event
-from backend.db.metrics import add_metrics, has_metric
+from backend.db.metrics import add_metrics, has_metric, round_records
 from backend.db.models import ACTIVE, ExperimentStatus
 from workers import runner
 
@@ -122,12 +122,13 @@ def advance(settings: Settings, experiment_id: str, generation: int) -> str:
         if exp is None:
             return "stale"
         lifecycle.mark_running(db, experiment=exp)
+        tags = {"sweep": exp.sweep_id} if exp.sweep_id else None
     job = Job.load(settings, experiment_id, generation)
     if job is None:
         return "stale"
     paths = job.paths
     try:
-        runner.prepare(job.cfg, paths)
+        runner.prepare(job.cfg, paths, tags)
         # A silo's client size is known once it has trained (the server never sees its data).
         sizes = [len(idx or []) for idx in paths.store.read_json(paths.split)["clients"]]
         ranks = [job.cfg.client_rank(i) for i in range(len(sizes))]
@@ -359,6 +360,18 @@ def _aggregate(job: Job, t: int, attempt: int) -> str | None:
     )
 
 
+def _tracked_before(job: Job, t: int) -> list[dict[str, Any]]:
+    """What the trackers get with round ``t``: its clients' records (and in round 0 the
+    evaluation before training)."""
+    eid = job.experiment_id
+    with job.db() as db:
+        before = (
+            round_records(db, experiment_id=eid, round_num=-1, kinds=["eval"]) if t == 0 else []
+        )
+        clients = round_records(db, experiment_id=eid, round_num=t, kinds=["client", "client_step"])
+    return before + clients
+
+
 def _finish_round(job: Job, t: int) -> str:
     """Evaluate the aggregated round, store its records (once), and continue."""
     try:
@@ -366,11 +379,13 @@ def _finish_round(job: Job, t: int) -> str:
             row = results.get_round(db, experiment_id=job.experiment_id, round_num=t)
             latest = results.latest_client_updates(db, experiment_id=job.experiment_id, round_num=t)
         if row is None or row.status != "completed":
+            earlier = _tracked_before(job, t)
             summary, records = runner.finish_round(
                 job.paths,
                 t,
                 started_at=row.started_at if row is not None else None,
                 train_seconds=sum(r.seconds for r in latest.values()),
+                earlier=earlier,
             )
             with job.db() as db:
                 add_metrics(db, experiment_id=job.experiment_id, records=records, emit=True)

@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from backend.api.dashboard import FRONTEND_DIR, plotly_js
 from backend.api.schemas import ExperimentPublic
-from backend.core.runs import read_manifest
+from backend.core.runs import METRICS_ENVELOPE, read_manifest
 from backend.core.store import Store
 from backend.db.events import all_events, event_payload
 from backend.db.models import Experiment
@@ -58,7 +58,8 @@ def data_from_db(session: Session, runs: Store, experiment: Experiment) -> dict[
 
 def _public(line: dict[str, Any], i: int) -> dict[str, Any]:
     """A metrics.jsonl record in the API's shape (key fields apart, the rest as values)."""
-    values = {k: v for k, v in line.items() if k not in KEYS and k != "path"}  # no local paths
+    skip = (*KEYS, *METRICS_ENVELOPE, "path")  # no local paths
+    values = {k: v for k, v in line.items() if k not in skip}
     return {"id": i, **{k: line.get(k) for k in KEYS}, "values": values}
 
 

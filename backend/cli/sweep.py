@@ -207,7 +207,8 @@ def run_sweep(
         bar.set_postfix_str(f"{r.label} seed {r.seed}")
         if not is_finished(out / name, r.config.federation.rounds, exported=exports):
             try:
-                run(r.config, out / name, progress=progress, write_export=exports)
+                tags = {"sweep": spec.name}
+                run(r.config, out / name, progress=progress, write_export=exports, tags=tags)
             except Exception as e:  # noqa: BLE001 - one failed run must not end the sweep
                 states[name] = ("failed", f"{type(e).__name__}: {e}")
         states.setdefault(name, ("completed", None))

@@ -238,6 +238,17 @@ class PrivacyConfig(_Strict):
         return self
 
 
+class TrackingConfig(_Strict):
+    """Where a run's metrics go besides metrics.jsonl (TensorBoard event files: always)."""
+
+    mlflow: bool | None = Field(
+        None,
+        description="log the run to MLflow: true, false, or empty (whenever the service has a "
+        "tracking server, FEDMOMENTUM_MLFLOW_TRACKING_URI); true without that setting uses "
+        "MLflow's own MLFLOW_TRACKING_URI",
+    )
+
+
 class ExperimentConfig(_Strict):
     """A whole federated fine-tuning experiment."""
 
@@ -260,6 +271,7 @@ class ExperimentConfig(_Strict):
     training: TrainingConfig = TrainingConfig()
     eval: EvalConfig = EvalConfig()
     privacy: PrivacyConfig = PrivacyConfig()
+    tracking: TrackingConfig = TrackingConfig()
 
     @field_validator("strategy")
     @classmethod

@@ -35,6 +35,8 @@ class RunPaths:
     manifest = "manifest.json"
     split = "split.json"
     metrics = "metrics.jsonl"
+    tensorboard = "tensorboard"  # event files, one per finished round (workers.tracking)
+    tracking = "tracking.json"  # the run's MLflow run id and tags (workers.tracking)
     export = "export"
     export_info = "export/export.json"
     server_file = "server.safetensors"  # inside a state folder: bases and pending residuals
@@ -77,6 +79,11 @@ class RunPaths:
             )
         return max(int(k.rsplit("round-", 1)[1]) for k in rounds)
 
+
+# Every metrics.jsonl line is one record plus these two fields: ``schema``, the version of
+# the record layout (METRICS_SCHEMA), and ``time``, when it was written (unix seconds, UTC).
+METRICS_SCHEMA = 1
+METRICS_ENVELOPE = ("schema", "time")
 
 # Download format -> key inside the run directory.
 EXPORTS: dict[str, str] = {

@@ -81,6 +81,11 @@ class Settings(BaseSettings):
     model_roots: list[Path] = []
     data_roots: list[Path] = []
     allow_hub: bool = False  # API requests may name hub models and hf: datasets (online)
+    # Experiment tracking: when set (e.g. http://127.0.0.1:5000), the workers log every
+    # experiment as one run of this MLflow experiment (the `tracking` extra); a config's
+    # tracking.mlflow turns it off (false) or on for one experiment (true).
+    mlflow_tracking_uri: str = ""
+    mlflow_experiment: str = Field("fedmomentum", min_length=1)
 
     @property
     def runs_dir(self) -> Path:

@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from backend.core.runs import METRICS_ENVELOPE
 from backend.db.engine import BATCH, dialect_insert, page
 from backend.db.events import add_event
 from backend.db.models import METRIC_KINDS, NO_INT, NO_LAYER, Metric
@@ -26,7 +27,7 @@ def _metric_row(experiment_id: str, record: dict[str, Any]) -> dict[str, Any]:
         raise ValueError(f"round: an integer is required (got {record.get('round')!r})")
     values = record.get("values")
     if values is None:
-        values = {k: v for k, v in record.items() if k not in METRIC_KEY}
+        values = {k: v for k, v in record.items() if k not in (*METRIC_KEY, *METRICS_ENVELOPE)}
     client, step, layer = record.get("client"), record.get("step"), record.get("layer")
     return {
         "experiment_id": experiment_id,
@@ -155,3 +156,23 @@ def has_metric(session: Session, *, experiment_id: str, kind: str, round_num: in
         )
         is not None
     )
+
+
+def round_records(
+    session: Session, *, experiment_id: str, round_num: int, kinds: Sequence[str]
+) -> list[dict[str, Any]]:
+    """An experiment's records of ``kinds`` in round ``round_num``, flat as in metrics.jsonl,
+    in (kind, client, step, layer) order."""
+    query = select(Metric).where(
+        Metric.experiment_id == experiment_id,
+        Metric.kind.in_(kinds),
+        Metric.round == round_num,
+    )
+    query = query.order_by(Metric.kind, Metric.client, Metric.step, Metric.layer)
+    unset = {"client": NO_INT, "step": NO_INT, "layer": NO_LAYER}
+    out = []
+    for m in session.scalars(query):
+        key = {"client": m.client, "step": m.step, "layer": m.layer}
+        kept = {k: v for k, v in key.items() if v != unset[k]}
+        out.append({"kind": m.kind, "round": m.round, **kept, **m.values})
+    return out

@@ -192,7 +192,8 @@ def test_the_api_image_installs_no_worker_package() -> None:
     assert {"torch", "transformers", "peft", "safetensors"} <= modules
     assert not names & {"torch", "transformers", "peft", "safetensors", "accelerate"}
     assert "pip install --no-cache-dir -e '.[s3]'" in dockerfile("api")  # not the worker extra
-    assert "-e '.[worker,hf,s3]'" in dockerfile("worker")  # hf: hub datasets on the workers
+    # hf: hub datasets on the workers; tracking: MLflow's client
+    assert "-e '.[worker,hf,s3,tracking]'" in dockerfile("worker")
 
 
 def test_the_api_image_command_migrates_and_serves_without_torch(

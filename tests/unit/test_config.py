@@ -66,6 +66,8 @@ def test_every_example_config_is_valid(path):
             {"aggregation": {"max_norm_ratio": 1}},
             r"aggregation.max_norm_ratio: Input should be greater than 1",
         ),
+        ({"tracking": {"mlflow": "maybe"}}, r"tracking.mlflow: Input should be a valid boolean"),
+        ({"tracking": {"tensorboard": False}}, r"tracking.tensorboard: Extra inputs"),
     ],
 )
 def test_bad_config_names_the_field(data, message):

@@ -18,7 +18,7 @@ import torch
 from backend.core.catalog import CAPABILITIES
 from backend.core.config import ExperimentConfig
 from backend.core.runs import RunPaths
-from workers import peft_glue
+from workers import peft_glue, tracking
 from workers.artifacts import save_tensors
 from workers.federated import LoraFactors
 from workers.models import portable_name
@@ -77,6 +77,7 @@ def export(paths: RunPaths, rank_approx: int | None = None) -> dict[str, object]
         text = _readme(cfg, bench.kind, base, len(deltas), info)
         out.write_text("adapter/README.md", text)
         out.write_json("export.json", info)
+    tracking.log_export(paths)
     return info
 
 

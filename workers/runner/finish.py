@@ -4,11 +4,13 @@ loop and the service run after a round's state is committed."""
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 from backend.core.config import ExperimentConfig
 from backend.core.runs import RunPaths
+from workers import tracking
 from workers.artifacts import load_tensors
 from workers.evaluation import evaluate_model
 from workers.federated import get_strategy
@@ -64,10 +66,13 @@ def finish_round(
     started_at: datetime | None,
     train_seconds: float,
     compute_seconds: float | None = None,
+    earlier: Sequence[Mapping[str, Any]] = (),
 ) -> tuple[dict[str, Any], list[dict[str, object]]]:
     """Evaluate the global model round ``round_num`` committed; returns the round's summary
     (timings and scores added, per-layer diagnostics left out) and its metrics records
-    (the evaluation, every layer's diagnostics, the round record).
+    (the evaluation, every layer's diagnostics, the round record). The round's records, after
+    ``earlier`` (its clients' records; in round 0 the evaluation before training too), go
+    to the trackers (workers.tracking).
 
     ``started_at``: when the round started (UTC), for its wall time; ``train_seconds``: the
     clients' task seconds; ``compute_seconds``: their optimizer seconds, where known.
@@ -83,4 +88,5 @@ def finish_round(
     )
     records = [eval_record(round_num, scores), *round_metrics(round_num, summary)]
     summary.pop("diagnostics")
+    tracking.log_round(paths, round_num, [*earlier, *records])
     return summary, records

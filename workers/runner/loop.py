@@ -4,11 +4,13 @@ metrics.jsonl. It resumes where a run directory stands; an interrupted round is 
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 
 from backend.core.config import ExperimentConfig
-from backend.core.runs import RunPaths
+from backend.core.runs import METRICS_SCHEMA, RunPaths
 from backend.core.store import Store
 from workers.runner.client import train_client
 from workers.runner.clients import sample_clients
@@ -27,19 +29,22 @@ def run(
     progress: bool = True,
     export_rank: int | None = None,
     write_export: bool = True,
+    tags: Mapping[str, str] | None = None,
 ) -> list[dict[str, object]]:
     """Run (or resume) a whole experiment in this process; returns one summary per round.
     ``write_export=False`` skips export/ (a sweep's many runs: `fedmomentum export` writes
-    it later from the run directory)."""
+    it later from the run directory). ``tags``: of its MLflow run (e.g. its sweep)."""
     from tqdm.auto import tqdm
 
-    paths = prepare(cfg, RunPaths.at(root))
+    paths = prepare(cfg, RunPaths.at(root), tags)
     start_round = paths.latest_state()
     summaries: list[dict[str, object]] = []
     log = _MetricsLog(paths.store, paths.metrics)
     log.drop_rounds_from(start_round)  # an interrupted round is redone: no duplicate records
+    earlier: list[dict[str, object]] = []  # the round's records before it is finished
     if start_round == 0:
-        log.write(eval_record(-1, evaluate(paths, 0)))
+        earlier.append(eval_record(-1, evaluate(paths, 0)))
+        log.write(earlier[-1])
     rounds = tqdm(
         range(start_round, cfg.federation.rounds),
         desc="rounds",
@@ -68,6 +73,7 @@ def run(
             records.append(rec)
             for record in client_metrics(rec):
                 log.write(record)
+                earlier.append(record)
         aggregate(paths, t, records)
         summary, metrics = finish_round(
             paths,
@@ -75,7 +81,9 @@ def run(
             started_at=started,
             train_seconds=sum(r.seconds for r in records),
             compute_seconds=sum(r.compute_seconds for r in records),
+            earlier=earlier,
         )
+        earlier = []
         for record in metrics:
             log.write(record)
         summaries.append(summary)
@@ -86,13 +94,15 @@ def run(
 
 
 class _MetricsLog:
-    """Append-only JSON lines."""
+    """Append-only JSON lines: each record with its schema version and the time it was
+    written (unix seconds)."""
 
     def __init__(self, store: Store, key: str) -> None:
         self.store, self.key = store, key
 
     def write(self, record: dict[str, object]) -> None:
-        self.store.append_text(self.key, json.dumps(record, default=str) + "\n")
+        line = {**record, "schema": METRICS_SCHEMA, "time": round(time.time(), 3)}
+        self.store.append_text(self.key, json.dumps(line, default=str) + "\n")
 
     def drop_rounds_from(self, first: int) -> None:
         """Forget records of rounds >= first (the initial evaluation is round -1)."""

@@ -4,6 +4,7 @@ the clients' split, the manifest and the state round 0 starts from (once)."""
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from importlib.metadata import version
 
 import torch
@@ -12,6 +13,7 @@ import yaml
 from backend.core.config import ExperimentConfig
 from backend.core.data import split_hash
 from backend.core.runs import RunPaths
+from workers import tracking
 from workers.artifacts import save_tensors
 from workers.models import model_fingerprint, model_source, portable_name
 from workers.runner.bench import bench_for, fresh_adapter, resolve_device
@@ -22,8 +24,11 @@ from workers.runner.state import load_run_config
 _PACKAGES = ("torch", "transformers", "peft", "safetensors", "fedmomentum")
 
 
-def prepare(cfg: ExperimentConfig, paths: RunPaths) -> RunPaths:
-    """Validate the config against data and model, write config, split, manifest, round-0 state."""
+def prepare(
+    cfg: ExperimentConfig, paths: RunPaths, tags: Mapping[str, str] | None = None
+) -> RunPaths:
+    """Validate the config against data and model, write config, split, manifest, round-0
+    state; open the run's tracking (``tags``: e.g. its sweep, for the MLflow run)."""
     store = paths.store
     if store.exists(paths.config) and load_run_config(paths) != cfg:
         raise ValueError(
@@ -42,6 +47,7 @@ def prepare(cfg: ExperimentConfig, paths: RunPaths) -> RunPaths:
         with store.commit_dir(paths.state(0)) as scratch:
             for rank in cfg.rank_groups():
                 save_tensors(scratch, paths.adapter_file(rank), _initial_adapter(cfg, rank))
+    tracking.start(paths, tags)
     return paths
 
 
