@@ -1,10 +1,11 @@
-"""Soak: Redis + PostgreSQL, an API and 2 workers, 40 tiny experiments, and a random SIGKILL of
-a worker, the API or Redis about every minute (each restarted at once). At the end every
-experiment must have completed, every metric row must be there exactly once, and no file may
-be orphaned (a run directory without its experiment, a temporary file, a round past the last).
+"""Soak: Redis + PostgreSQL, an API and 2 workers, 40 tiny experiments submitted over 15
+minutes, and a random SIGKILL of a worker, the API or Redis about every minute (each restarted
+at once). At the end every experiment must have completed, every metric row must be there
+exactly once, and no file may be orphaned (a temporary file, a run directory without its
+experiment, a round past the last, an upload no client record accounts for).
 
     .venv/bin/python benchmarks/soak.py                        # ~20 min on 2 cores
-    .venv/bin/python benchmarks/soak.py --experiments 10 --kill-every 30 --timeout 600
+    .venv/bin/python benchmarks/soak.py --experiments 10 --spread 120 --kill-every 30
 
 It starts its own redis-server (no persistence: a kill loses every queued message, which the
 reconciler must recover) on a free port and its own PostgreSQL schema (FEDMOMENTUM_TEST_
@@ -186,12 +187,9 @@ def soak(args: argparse.Namespace, tmp: Path, children: list[Child]) -> dict[str
             for i in range(2)
         ]
         children.extend(workers)
-        ids = []
-        for i in range(args.experiments):
-            answer = http.post("/experiments", json=CONFIG | {"name": f"soak {i}", "seed": i})
-            answer.raise_for_status()
-            ids.append(answer.json()["id"])
+        ids: list[str] = []
         start = time.monotonic()
+        gap = args.spread / max(1, args.experiments - 1)
         next_kill = start + args.kill_every * rng.uniform(0.5, 1.5)
         kills: Counter[str] = Counter()
         status: dict[str, str] = {}
@@ -201,7 +199,17 @@ def soak(args: argparse.Namespace, tmp: Path, children: list[Child]) -> dict[str
                 status = {e["id"]: e["status"] for e in page if e["id"] in ids}
             except (httpx.HTTPError, ValueError, KeyError):
                 pass  # the API is restarting
-            if len(status) == len(ids) and all(s in FINISHED for s in status.values()):
+            due = min(args.experiments, 1 + int((time.monotonic() - start) / gap))
+            while len(ids) < due:  # submissions spread over --spread seconds
+                try:
+                    body = CONFIG | {"name": f"soak {len(ids)}", "seed": len(ids)}
+                    answer = http.post("/experiments", json=body)
+                    answer.raise_for_status()
+                    ids.append(answer.json()["id"])
+                except httpx.HTTPError:
+                    break  # the API is restarting: submit on the next pass
+            done = len(ids) == args.experiments
+            if done and len(status) == len(ids) and all(s in FINISHED for s in status.values()):
                 break
             if time.monotonic() >= next_kill:
                 victim = rng.choice([api, redis_server, *workers])
@@ -241,6 +249,9 @@ def soak(args: argparse.Namespace, tmp: Path, children: list[Child]) -> dict[str
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--experiments", type=int, default=40)
+    parser.add_argument(
+        "--spread", type=float, default=900.0, help="submit the experiments over (s)"
+    )
     parser.add_argument("--kill-every", type=float, default=60.0, help="mean seconds between kills")
     parser.add_argument("--timeout", type=float, default=1800.0, help="give up after (s)")
     parser.add_argument("--seed", type=int, default=0)
