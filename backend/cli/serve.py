@@ -89,8 +89,8 @@ class WorkerSupervisor:
         self.started = time.monotonic()
         log.info("worker started (pid %d)", self.process.pid)
 
-    def _silent_s(self) -> float | None:
-        """Seconds the worker has been silent past ``worker_stall_s``, else None.
+    def _stalled(self) -> str | None:
+        """How the worker is stalled, or None while it shows signs of life.
 
         Only the embedded worker: it is the only one, so every active experiment waits on it
         and the newest heartbeat of any of them is its last sign of life. Becoming ready counts
@@ -107,16 +107,20 @@ class WorkerSupervisor:
             ready = self.ready_file.stat().st_mtime
         except FileNotFoundError:
             starting = time.monotonic() - self.started
-            return starting if starting > max(limit, WORKER_START_S) else None
+            if starting > max(limit, WORKER_START_S):
+                return f"not ready {starting:.0f} s after its start"
+            return None
         with Session(get_engine(self.settings.database_url)) as session:
             last = last_sign_of_life(session)
         if last is None:
             return None  # nothing to do, nothing to wait for
         silent = time.time() - max(ready, last.timestamp())
-        return silent if silent > limit else None
+        if silent > limit:
+            return f"silent for {silent:.0f} s with active experiments (worker_stall_s {limit:g})"
+        return None
 
     def _wait(self, process: subprocess.Popen[bytes]) -> int:
-        """Until the worker exits; a silent one is made to exit (stacks to the log first)."""
+        """Until the worker exits; a stalled one is made to exit (stacks to the log first)."""
         poll = min(5.0, max(0.2, self.settings.worker_stall_s / 10))
         while True:
             try:
@@ -126,15 +130,14 @@ class WorkerSupervisor:
             if self.stopping.is_set():
                 continue
             try:
-                silent = self._silent_s()
+                stalled = self._stalled()
             except Exception:  # noqa: BLE001 - the database is busy or away: look again later
                 log.exception("watchdog: cannot read the heartbeats")
                 continue
-            if silent is not None:
+            if stalled is not None:
                 log.error(
-                    "watchdog: worker (pid %d) silent for %.0f s with active experiments "
-                    "(worker_stall_s %.0f); its stacks follow, then it is restarted",
-                    process.pid, silent, self.settings.worker_stall_s,
+                    "watchdog: worker (pid %d) %s; its stacks follow, then it is restarted",
+                    process.pid, stalled,
                 )  # fmt: skip
                 process.send_signal(signal.SIGUSR1)  # faulthandler: every thread's stack
                 time.sleep(STACKS_WAIT_S)
