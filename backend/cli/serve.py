@@ -214,6 +214,7 @@ def worker(
     is written (this process id) once it consumes tasks."""
     from celery.signals import worker_ready
 
+    import workers.service  # noqa: F401 - torch and the steps loaded before "ready", not in a task
     from workers.tasks import app
 
     def on_ready(**_: object) -> None:
