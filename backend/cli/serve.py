@@ -186,11 +186,12 @@ def up(settings: Settings, *, host: str, port: int, worker: bool) -> int:
     if supervisor is not None:
         if _embedded(settings):
             reconcile(settings, everything=True)
-            if 0 < settings.worker_stall_s and settings.stale_after_s <= settings.worker_stall_s:
+            stall, stale = settings.worker_stall_s, settings.stale_after_s
+            if stall and settings.reconcile_interval_s and stale <= stall:
                 log.warning(
                     "worker_stall_s (%.0f s) is not below stale_after_s (%.0f s): the "
                     "reconciler's re-dispatches hide a stalled worker from the watchdog",
-                    settings.worker_stall_s, settings.stale_after_s,
+                    stall, stale,
                 )  # fmt: skip
         supervisor.start()
     # uvicorn re-raises the SIGTERM it caught once it has shut down: make that an exception,
