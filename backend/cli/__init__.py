@@ -85,7 +85,7 @@ def _worker(args: argparse.Namespace) -> int:
     from backend.cli.serve import worker
     from backend.core.settings import get_settings
 
-    return worker(get_settings(), queues=args.queues, name=args.name)
+    return worker(get_settings(), queues=args.queues, name=args.name, ready_file=args.ready_file)
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -207,6 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     work = sub.add_parser("worker", help="run one Celery worker process (one task at a time)")
     work.add_argument("--queues", default="train,aggregate", help="default: train,aggregate")
     work.add_argument("--name", help="worker name (default: worker-<pid>@<host>)")
+    work.add_argument("--ready-file", type=Path, help="written once the worker consumes tasks")
     work.set_defaults(func=_worker)
     remote.add_commands(sub)
     return parser

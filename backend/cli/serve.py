@@ -5,10 +5,16 @@ serves the API and dashboard with uvicorn in this process; Ctrl-C stops both. Th
 default (filesystem broker, SQLite) needs no server. With the filesystem broker no other
 worker can exist, so every active experiment is re-dispatched at start and whenever the
 embedded worker had to be restarted: nothing waits for the stale timeout.
+
+A watchdog restarts an embedded worker that went silent (active experiments, but no heartbeat
+for ``worker_stall_s``), after it wrote the Python stacks of all its threads to the log
+(faulthandler on SIGUSR1), so a hang is both survived and explained.
 """
 
 from __future__ import annotations
 
+import contextlib
+import faulthandler
 import logging
 import os
 import signal
@@ -16,20 +22,26 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 from backend.core.settings import Settings
 
 log = logging.getLogger("fedmomentum")
 WORKER_STOP_S = 20.0  # warm shutdown (finish the running task) before the worker is killed
+STACKS_WAIT_S = 2.0  # after SIGUSR1, for the stall's stacks to reach the log
+WORKER_START_S = 600.0  # the watchdog's limit for a worker to become ready (imports, broker)
 
 
 def _embedded(settings: Settings) -> bool:
     return settings.broker_url.startswith("filesystem://")
 
 
-def worker_command(queues: str = "train,aggregate", name: str | None = None) -> list[str]:
+def worker_command(
+    queues: str = "train,aggregate", name: str | None = None, ready_file: Path | None = None
+) -> list[str]:
     cmd = [sys.executable, "-m", "backend.cli", "worker", "--queues", queues]
-    return cmd + (["--name", name] if name else [])
+    cmd += ["--name", name] if name else []
+    return cmd + (["--ready-file", str(ready_file)] if ready_file else [])
 
 
 def _die_with_parent() -> None:
@@ -39,6 +51,13 @@ def _die_with_parent() -> None:
         import ctypes
 
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def _dump_stacks_on_sigusr1() -> None:
+    # unregister first: register() only updates an enabled handler, even one replaced since.
+    # sys.__stderr__: a Celery worker replaces sys.stderr with a logger (no file descriptor).
+    faulthandler.unregister(signal.SIGUSR1)
+    faulthandler.register(signal.SIGUSR1, file=sys.__stderr__, all_threads=True)
 
 
 def _terminate(signum: int, _frame: object) -> None:
@@ -51,6 +70,8 @@ class WorkerSupervisor:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.process: subprocess.Popen[bytes] | None = None
+        self.started = 0.0  # time.monotonic() at the last spawn
+        self.ready_file = settings.data_dir / "worker.ready"  # the worker writes it when ready
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._watch, name="worker-supervisor", daemon=True)
 
@@ -59,17 +80,76 @@ class WorkerSupervisor:
         self.thread.start()
 
     def _spawn(self) -> None:
+        self.ready_file.unlink(missing_ok=True)
         self.process = subprocess.Popen(
-            worker_command(), start_new_session=True, preexec_fn=_die_with_parent
+            worker_command(ready_file=self.ready_file.absolute()),
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
+        self.started = time.monotonic()
         log.info("worker started (pid %d)", self.process.pid)
+
+    def _stalled(self) -> str | None:
+        """How the worker is stalled, or None while it shows signs of life.
+
+        Only the embedded worker: it is the only one, so every active experiment waits on it
+        and the newest heartbeat of any of them is its last sign of life. Becoming ready counts
+        as one (starting takes long on a loaded machine); starting gets WORKER_START_S."""
+        from sqlalchemy.orm import Session
+
+        from backend.db.engine import get_engine
+        from backend.db.lifecycle import last_sign_of_life
+
+        limit = self.settings.worker_stall_s
+        if not limit or not _embedded(self.settings):
+            return None
+        try:
+            ready = self.ready_file.stat().st_mtime
+        except FileNotFoundError:
+            starting = time.monotonic() - self.started
+            if starting > max(limit, WORKER_START_S):
+                return f"not ready {starting:.0f} s after its start"
+            return None
+        with Session(get_engine(self.settings.database_url)) as session:
+            last = last_sign_of_life(session)
+        if last is None:
+            return None  # nothing to do, nothing to wait for
+        silent = time.time() - max(ready, last.timestamp())
+        if silent > limit:
+            return f"silent for {silent:.0f} s with active experiments (worker_stall_s {limit:g})"
+        return None
+
+    def _wait(self, process: subprocess.Popen[bytes]) -> int:
+        """Until the worker exits; a stalled one is made to exit (stacks to the log first)."""
+        poll = min(5.0, max(0.2, self.settings.worker_stall_s / 10))
+        while True:
+            try:
+                return process.wait(poll)
+            except subprocess.TimeoutExpired:
+                pass
+            if self.stopping.is_set():
+                continue
+            try:
+                stalled = self._stalled()
+            except Exception:  # noqa: BLE001 - the database is busy or away: look again later
+                log.exception("watchdog: cannot read the heartbeats")
+                continue
+            if stalled is not None:
+                log.error(
+                    "watchdog: worker (pid %d) %s; its stacks follow, then it is restarted",
+                    process.pid, stalled,
+                )  # fmt: skip
+                process.send_signal(signal.SIGUSR1)  # faulthandler: every thread's stack
+                time.sleep(STACKS_WAIT_S)
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
 
     def _watch(self) -> None:
         from backend.db.lifecycle import reconcile
 
         while not self.stopping.is_set():
             assert self.process is not None
-            code = self.process.wait()
+            code = self._wait(self.process)
             if self.stopping.is_set():
                 return
             log.warning("worker exited with %s; restarting it", code)
@@ -106,6 +186,13 @@ def up(settings: Settings, *, host: str, port: int, worker: bool) -> int:
     if supervisor is not None:
         if _embedded(settings):
             reconcile(settings, everything=True)
+            stall, stale = settings.worker_stall_s, settings.stale_after_s
+            if stall and settings.reconcile_interval_s and stale <= stall:
+                log.warning(
+                    "worker_stall_s (%.0f s) is not below stale_after_s (%.0f s): the "
+                    "reconciler's re-dispatches hide a stalled worker from the watchdog",
+                    stall, stale,
+                )  # fmt: skip
         supervisor.start()
     # uvicorn re-raises the SIGTERM it caught once it has shut down: make that an exception,
     # so the worker is stopped below instead of the process dying on the spot.
@@ -120,10 +207,26 @@ def up(settings: Settings, *, host: str, port: int, worker: bool) -> int:
     return 0
 
 
-def worker(settings: Settings, *, queues: str, name: str | None) -> int:
+def worker(
+    settings: Settings, *, queues: str, name: str | None, ready_file: Path | None = None
+) -> int:
     """A Celery worker in this process: one task at a time (the solo pool; scale out with
-    more processes), so each process keeps its loaded models between tasks."""
+    more processes), so each process keeps its loaded models between tasks. ``ready_file``
+    is written (this process id) once it consumes tasks."""
+    from celery.signals import worker_ready
+
+    import workers.service  # noqa: F401 - torch and the steps loaded before "ready", not in a task
     from workers.tasks import app
+
+    def on_ready(**_: object) -> None:
+        # Again: Celery took SIGUSR1 for a stack dump of its own in Python, which never runs
+        # while the main thread is stuck in C (a lock, a system call).
+        _dump_stacks_on_sigusr1()
+        if ready_file is not None:
+            ready_file.write_text(str(os.getpid()))
+
+    _dump_stacks_on_sigusr1()  # the watchdog's stack dump (faulthandler, every thread)
+    worker_ready.connect(on_ready, weak=False)
 
     argv = ["worker", "--pool=solo", f"--queues={queues}", "--loglevel=INFO", "--without-gossip"]
     argv += ["--without-mingle", f"--hostname={name or f'worker-{os.getpid()}@%h'}"]

@@ -51,6 +51,10 @@ class Settings(BaseSettings):
     stale_after_s: float = Field(900.0, gt=0)
     reconcile_interval_s: float = Field(30.0, ge=0)
     progress_interval_s: float = Field(1.0, ge=0)  # client progress events / step metrics
+    # Watchdog of `fedmomentum up`'s embedded worker: active experiments but no heartbeat for
+    # this long, and the worker's Python stacks are written to the log and it is restarted
+    # (0: never). Keep it below stale_after_s: a re-dispatch counts as a sign of life.
+    worker_stall_s: float = Field(300.0, ge=0)
     torch_threads: int = Field(0, ge=0)  # per worker process; 0: torch's default
     # Artifact store (run directories: adapters, uploads, exports), any fsspec URL:
     # default data_dir/runs; s3://bucket/prefix with the `s3` extra (any S3-compatible store).

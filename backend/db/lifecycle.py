@@ -97,6 +97,13 @@ def stale_experiments(session: Session, *, stale_after_s: float | None) -> list[
     return list(session.scalars(query.order_by(Experiment.created_at)))
 
 
+def last_sign_of_life(session: Session) -> datetime | None:
+    """The newest heartbeat (or creation) of any active experiment; None: none is active."""
+    last = func.max(func.coalesce(Experiment.heartbeat_at, Experiment.created_at))
+    query = select(last).where(Experiment.status.in_([s.value for s in ACTIVE]))
+    return session.scalar(query)
+
+
 def dispatch(settings: Settings, session: Session, *, experiment: Experiment) -> int | None:
     """Claim a new generation for an active experiment and send ``advance``.
 

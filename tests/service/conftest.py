@@ -97,10 +97,16 @@ class Service:
         self.procs.append(proc)
         return proc
 
-    def api(self, *, worker: bool = False) -> Proc:
-        """``fedmomentum up`` (with --no-worker unless ``worker``); waits for /health."""
+    def api(
+        self, *, worker: bool = False, faults: dict[str, str] | None = None, **settings: str
+    ) -> Proc:
+        """``fedmomentum up`` (with --no-worker unless ``worker``); waits for /health.
+        ``settings`` and ``faults``: as for ``worker`` (the embedded worker inherits both)."""
         args = ["up", "--port", str(self.port)] + ([] if worker else ["--no-worker"])
-        self.api_proc = proc = self._spawn("up" if worker else "api", args)
+        env = self.env | {f"FEDMOMENTUM_{k.upper()}": v for k, v in settings.items()}
+        env |= {f"FAULT_{k.upper()}": v for k, v in (faults or {}).items()}
+        module = "tests.service.faulty_worker" if faults else "backend.cli"
+        self.api_proc = proc = self._spawn("up" if worker else "api", args, env, module)
         self._wait(lambda: self._healthy(), proc, "the API to answer /health")
         if worker:
             self._wait(lambda: " ready." in proc.output(), proc, "the embedded worker")

@@ -9,6 +9,12 @@
 - ``FAULT_HANG_ROUND=<round>`` and ``FAULT_MARKER=<file>``: while committing that round's
   aggregated state, after some of its files are written and before the last, touch the marker
   and hang, so the test can SIGKILL the worker in the middle of aggregation.
+- ``FAULT_STALL_ROUND=<round>`` and ``FAULT_MARKER=<file>``: the first client of that round to
+  train (while the marker does not exist) touches the marker and hangs in ``stall_forever``
+  (after the restart the marker exists: it trains), for the watchdog of ``fedmomentum up``.
+
+``python -m tests.service.faulty_worker up ...`` runs the service with its embedded worker
+started this way too (the supervisor's worker command is this module's).
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from typing import Any
 
 import torch
 
-from backend.cli import main
+from backend.cli import main, serve
 from backend.core.runs import RunPaths
 from workers import runner
 from workers.artifacts import load_tensors, save_tensors
@@ -50,7 +56,17 @@ POISON = dict(
 _train_client = runner.train_client
 
 
+def stall_forever() -> None:
+    """A worker that stops making progress (the watchdog's stack dump shows this frame)."""
+    Path(os.environ["FAULT_MARKER"]).touch()
+    while True:
+        time.sleep(60)
+
+
 def train_client(paths: RunPaths, round_num: int, client: int, on_step: Any = None) -> Any:
+    marker = os.environ.get("FAULT_MARKER")
+    if str(round_num) == os.environ.get("FAULT_STALL_ROUND") and not Path(marker or "").exists():
+        stall_forever()
     rec = _train_client(paths, round_num, client, on_step)
     if rec.ok and client in POISON:
         key = paths.upload(round_num, client)
@@ -80,8 +96,16 @@ def commit_state(cfg: Any, paths: RunPaths, round_num: int, *rest: Any) -> None:
     _commit_state(cfg, paths, round_num, *rest)
 
 
+def worker_command(*args: Any, **kwargs: Any) -> list[str]:
+    """``fedmomentum up``'s worker command, running this module instead of backend.cli."""
+    args_after_module = _worker_command(*args, **kwargs)[3:]
+    return [sys.executable, "-m", "tests.service.faulty_worker", *args_after_module]
+
+
 runner.train_client = train_client
 server.commit_state = commit_state
+_worker_command = serve.worker_command
+serve.worker_command = worker_command
 
 if __name__ == "__main__":
     sys.exit(main())
