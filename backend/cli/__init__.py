@@ -85,7 +85,13 @@ def _worker(args: argparse.Namespace) -> int:
     from backend.cli.serve import worker
     from backend.core.settings import get_settings
 
-    return worker(get_settings(), queues=args.queues, name=args.name, ready_file=args.ready_file)
+    return worker(
+        get_settings(),
+        queues=args.queues,
+        name=args.name,
+        ready_file=args.ready_file,
+        parent_pid=args.parent_pid,
+    )
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -208,6 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     work.add_argument("--queues", default="train,aggregate", help="default: train,aggregate")
     work.add_argument("--name", help="worker name (default: worker-<pid>@<host>)")
     work.add_argument("--ready-file", type=Path, help="written once the worker consumes tasks")
+    work.add_argument("--parent-pid", type=int, help="exit when this process dies (fedmomentum up)")
     work.set_defaults(func=_worker)
     remote.add_commands(sub)
     return parser

@@ -37,20 +37,29 @@ def _embedded(settings: Settings) -> bool:
 
 
 def worker_command(
-    queues: str = "train,aggregate", name: str | None = None, ready_file: Path | None = None
+    queues: str = "train,aggregate",
+    name: str | None = None,
+    ready_file: Path | None = None,
+    parent_pid: int | None = None,
 ) -> list[str]:
     cmd = [sys.executable, "-m", "backend.cli", "worker", "--queues", queues]
     cmd += ["--name", name] if name else []
+    cmd += ["--parent-pid", str(parent_pid)] if parent_pid else []
     return cmd + (["--ready-file", str(ready_file)] if ready_file else [])
 
 
-def _die_with_parent() -> None:
-    """In the worker child (Linux): SIGTERM it when the service process dies, even by SIGKILL,
-    so no orphaned worker keeps consuming the embedded queue."""
+def _exit_with_parent(parent_pid: int) -> None:
+    """In the worker (Linux): SIGTERM it when the service process dies, even by SIGKILL, so no
+    orphaned worker keeps consuming the embedded queue. Done by the worker itself after exec,
+    not in a ``preexec_fn``: the service has threads, and Python code run between fork and
+    exec (an import, ``dlopen``) can deadlock on a lock another thread held at the fork,
+    leaving a child that never becomes a worker."""
     if sys.platform.startswith("linux"):
         import ctypes
 
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent_pid:  # it died before the line above
+        raise SystemExit(f"the service process {parent_pid} is gone")
 
 
 def _dump_stacks_on_sigusr1() -> None:
@@ -82,9 +91,8 @@ class WorkerSupervisor:
     def _spawn(self) -> None:
         self.ready_file.unlink(missing_ok=True)
         self.process = subprocess.Popen(
-            worker_command(ready_file=self.ready_file.absolute()),
+            worker_command(ready_file=self.ready_file.absolute(), parent_pid=os.getpid()),
             start_new_session=True,
-            preexec_fn=_die_with_parent,
         )
         self.started = time.monotonic()
         log.info("worker started (pid %d)", self.process.pid)
@@ -208,11 +216,19 @@ def up(settings: Settings, *, host: str, port: int, worker: bool) -> int:
 
 
 def worker(
-    settings: Settings, *, queues: str, name: str | None, ready_file: Path | None = None
+    settings: Settings,
+    *,
+    queues: str,
+    name: str | None,
+    ready_file: Path | None = None,
+    parent_pid: int | None = None,
 ) -> int:
     """A Celery worker in this process: one task at a time (the solo pool; scale out with
     more processes), so each process keeps its loaded models between tasks. ``ready_file``
-    is written (this process id) once it consumes tasks."""
+    is written (this process id) once it consumes tasks; ``parent_pid``: the service process
+    that started it (it exits with it)."""
+    if parent_pid is not None:
+        _exit_with_parent(parent_pid)
     from celery.signals import worker_ready
 
     import workers.service  # noqa: F401 - torch and the steps loaded before "ready", not in a task

@@ -136,3 +136,29 @@ def test_a_silent_worker_has_its_stacks_logged_and_is_restarted(
     assert "worker exited with -9; restarting it" in stacks
     assert stacks.count(" ready.") == 1  # the restarted worker
     assert_complete_and_exactly_once(service, done)
+
+
+def test_the_embedded_worker_exits_when_up_is_killed(embedded_service: Service) -> None:
+    """SIGKILL of ``up`` alone (not its worker's process group): the worker, which set its own
+    parent-death signal after exec, gets SIGTERM and exits instead of consuming the queue."""
+    service = embedded_service
+    up = service.api(worker=True)
+    wait_ready(service, up, 1)
+    worker = worker_pid(up)
+
+    os.kill(up.popen.pid, signal.SIGKILL)
+    up.popen.wait(30)
+
+    deadline = time.monotonic() + 60
+    while _alive(worker):
+        assert time.monotonic() < deadline, f"worker {worker} outlived up:\n{up.output()[-3000:]}"
+        time.sleep(0.2)
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, reaped by init later, counts as gone)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
