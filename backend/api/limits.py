@@ -41,7 +41,10 @@ def body_limit_settings(settings: Settings) -> dict[int, str]:
     takes larger bodies gets its own ``max_body_size`` (``app.include_router(router,
     max_body_size=settings.<its setting>)``) and its setting here.
     """
-    return {settings.max_body_bytes: "FEDMOMENTUM_MAX_BODY_BYTES"}
+    return {
+        settings.max_upload_bytes: "FEDMOMENTUM_MAX_UPLOAD_BYTES",
+        settings.max_body_bytes: "FEDMOMENTUM_MAX_BODY_BYTES",
+    }
 
 
 def body_error(limit: int, setting: str | None) -> str:
