@@ -9,7 +9,7 @@ import sys
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from backend.cli import remote
+from backend.cli import remote, silo
 from backend.core.config import ConfigError, load_config
 from backend.core.sweeps import SweepError
 
@@ -209,6 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     work.add_argument("--name", help="worker name (default: worker-<pid>@<host>)")
     work.set_defaults(func=_worker)
     remote.add_commands(sub)
+    silo.add_commands(sub, remote.server_options())
     return parser
 
 

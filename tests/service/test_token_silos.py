@@ -1,0 +1,149 @@
+"""Token silos against a real ``fedmomentum up`` (embedded worker): silo clients that hold
+only their silo's token and data, talk only HTTP to the API, and train next to the pooled
+Celery clients of the same experiment."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from tests.service.conftest import ROOT, Proc, Service, _env
+
+TOKEN = "silo-test-admin-token"
+SILOS = {"hospital-a": 12, "hospital-b": 20}  # silo -> records in its data file
+
+
+def silo_config(**federation: Any) -> dict[str, Any]:
+    """4 clients: 0 and 1 pooled (the Celery worker), 2 and 3 each a token silo's."""
+    fed = {
+        "num_clients": 4,
+        "clients_per_round": 4,
+        "rounds": 2,
+        "silos": {"hospital-a": [2], "hospital-b": [3]},
+        "token_silos": ["hospital-a", "hospital-b"],
+    }
+    return {
+        "name": "token-silos",
+        "model": "tiny-llama",
+        "dataset": "arith",
+        "data": {"n_train": 40, "n_eval": 8, "partition": "iid"},
+        "federation": fed | federation,
+        "training": {"local_steps": 3},
+    }
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    tmp = tmp_path_factory.mktemp("silos")
+    env = _env(tmp, api_token=TOKEN, stale_after_s="120", silo_reclaim_s="3")
+    service = Service(tmp, env)
+    service.http.headers["Authorization"] = f"Bearer {TOKEN}"
+    try:
+        service.api(worker=True)
+        yield service
+    finally:
+        service.close()
+
+
+@pytest.fixture(scope="module")
+def data_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    tmp = tmp_path_factory.mktemp("silo-data")
+    files = {}
+    for silo, n in SILOS.items():
+        rows = [{"prompt": f"{silo}: {i} + 2 =", "response": f"#### {i + 2}"} for i in range(n)]
+        files[silo] = tmp / f"{silo}.jsonl"
+        files[silo].write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return files
+
+
+def fedmomentum(service: Service, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FEDMOMENTUM_")}
+    env |= {"FEDMOMENTUM_SERVER": service.url, "FEDMOMENTUM_API_TOKEN": TOKEN}
+    return subprocess.run(
+        [sys.executable, "-m", "backend.cli", *args],
+        env=env, cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+
+def issue(service: Service, name: str) -> str:
+    """``fedmomentum silo create NAME``: the token it prints."""
+    done = fedmomentum(service, "silo", "create", name)
+    assert done.returncode == 0, done.stderr
+    return re.findall(r"fms_\S+", done.stdout)[0]
+
+
+def silo_client(service: Service, token: str, data: Path, work: Path, *extra: str) -> Proc:
+    """``fedmomentum silo-client`` with none of the server's settings: its environment names
+    an unreachable broker, database and store, which it must never need."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FEDMOMENTUM_")}
+    env |= {
+        "PYTHONUNBUFFERED": "1",
+        "HF_HUB_OFFLINE": "1",
+        "FEDMOMENTUM_TORCH_THREADS": "1",
+        "FEDMOMENTUM_SILO_TOKEN": token,
+        "FEDMOMENTUM_DATABASE_URL": "postgresql+psycopg://nobody@127.0.0.1:1/none",
+        "FEDMOMENTUM_BROKER_URL": "redis://127.0.0.1:1/0",
+        "FEDMOMENTUM_DATA_DIR": str(work / "not-the-server"),
+    }
+    args = ["silo-client", "--server", service.url, "--data", str(data), "--work-dir", str(work)]
+    log = service.tmp / f"silo-client-{len(service.procs)}.log"
+    proc = Proc([sys.executable, "-m", "backend.cli", *args, "--progress-interval", "0.2",
+                 "--wait", "2", *extra], env, log)  # fmt: skip
+    service.procs.append(proc)
+    return proc
+
+
+def attempts(service: Service, experiment_id: str) -> list[dict[str, Any]]:
+    return service.http.get(f"/experiments/{experiment_id}/attempts", params={"limit": 500}).json()[
+        "data"
+    ]
+
+
+def rounds(service: Service, experiment_id: str) -> list[dict[str, Any]]:
+    return service.http.get(f"/experiments/{experiment_id}/rounds").json()["data"]
+
+
+def test_pooled_and_token_silo_clients_complete_an_experiment_together(
+    service: Service, data_files: dict[str, Path], tmp_path: Path
+) -> None:
+    tokens = {silo: issue(service, silo) for silo in SILOS}
+    for silo in SILOS:
+        silo_client(service, tokens[silo], data_files[silo], tmp_path / silo)
+
+    exp = service.http.post("/experiments", json=silo_config()).json()
+    done = service.wait_finished(exp["id"], timeout=400)
+
+    assert done["status"] == "completed", done["error"]
+    clients = {r["client"]: r for r in service.metrics(exp["id"], "client")}
+    assert {clients[c]["values"]["worker"] for c in (2, 3)} == {
+        "silo:hospital-a",
+        "silo:hospital-b",
+    }
+    assert clients[2]["values"]["n_examples"] == SILOS["hospital-a"]  # its whole file
+    assert clients[3]["values"]["n_examples"] == SILOS["hospital-b"]
+    assert not clients[0]["values"]["worker"].startswith("silo:")
+    for r in rounds(service, exp["id"]):  # every round aggregated all four clients
+        assert r["status"] == "completed"
+        assert sorted(r["summary"]["clients"]) == [0, 1, 2, 3]
+        assert not r["summary"].get("excluded") and not r["summary"].get("failed")
+    ok = [(a["round"], a["client"]) for a in attempts(service, exp["id"]) if a["ok"]]
+    assert sorted(ok) == [(t, c) for t in range(2) for c in range(4)]  # each exactly once
+    steps = service.metrics(exp["id"], "client_step")
+    assert {(s["round"], s["client"]) for s in steps} >= {(t, c) for t in range(2) for c in (2, 3)}
+    listed = fedmomentum(service, "silo", "list")
+    assert listed.returncode == 0, listed.stderr
+    for silo in SILOS:
+        line = next(l for l in listed.stdout.splitlines() if l.startswith(silo))
+        assert "active" in line and "never" not in line  # its last use is shown
