@@ -9,15 +9,11 @@ import os
 import re
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
-import torch
-from safetensors.torch import load_file, save_file
 
 from tests.service.conftest import ROOT, Proc, Service, _env
 
