@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
+from safetensors.torch import load_file, save_file
 
 from tests.service.conftest import ROOT, Proc, Service, _env
 
@@ -143,3 +145,69 @@ def test_pooled_and_token_silo_clients_complete_an_experiment_together(
     for silo in SILOS:
         line = next(l for l in listed.stdout.splitlines() if l.startswith(silo))
         assert "active" in line and "never" not in line  # its last use is shown
+
+
+def one_token_silo(silo: str, **changes: Any) -> dict[str, Any]:
+    """Clients 0-2 pooled, client 3 the token silo ``silo``'s."""
+    cfg = silo_config(silos={silo: [3]}, token_silos=[silo])
+    return cfg | changes
+
+
+def test_a_tampered_upload_is_excluded_with_the_reason(service: Service, tmp_path: Path) -> None:
+    from backend.client.silo import SiloAPI
+
+    token = issue(service, "hospital-c")
+    exp = service.http.post("/experiments", json=one_token_silo("hospital-c")).json()
+    reasons = []
+    with SiloAPI(service.url, token) as api:
+        for t, tamper in enumerate(("shape", "nan")):
+            task = None
+            while task is None:
+                task = api.next_task(wait=5)
+            assert (task["experiment_id"], task["round"], task["client"]) == (exp["id"], t, 3)
+            api.download(task["id"], "adapter", tmp_path / "adapter.safetensors")
+            tensors = load_file(tmp_path / "adapter.safetensors")
+            name = sorted(k for k in tensors if ".lora_B." in k)[0]
+            if tamper == "shape":
+                tensors[name] = torch.zeros(tensors[name].shape[0] + 1, tensors[name].shape[1])
+            else:
+                tensors[name] = torch.full_like(tensors[name], float("nan"))
+            save_file(tensors, tmp_path / "update.safetensors", {"n_examples": "7"})
+            answer = api.upload(task["id"], tmp_path / "update.safetensors", seconds=1,
+                                compute_seconds=1)  # fmt: skip
+            assert answer == {"accepted": True, "n_examples": 7}
+            reasons.append(name)
+    done = service.wait_finished(exp["id"], timeout=300)
+
+    assert done["status"] == "completed", done["error"]  # min_clients_per_round 1: 3 remain
+    summaries = [r["summary"] for r in rounds(service, exp["id"])]
+    shape = tuple(load_file(tmp_path / "adapter.safetensors")[reasons[0]].shape)
+    wrong = (shape[0] + 1, shape[1])
+    assert summaries[0]["excluded"] == {"3": f"{reasons[0]}: shape {wrong}, expected {shape}"}
+    assert summaries[1]["excluded"] == {"3": f"{reasons[1]}: NaN or inf values"}
+    assert all(sorted(s["clients"]) == [0, 1, 2, 3] for s in summaries)
+
+
+def test_a_silo_client_killed_mid_task_and_restarted_completes_without_duplicates(
+    service: Service, data_files: dict[str, Path], tmp_path: Path
+) -> None:
+    token = issue(service, "hospital-d")
+    cfg = one_token_silo("hospital-d", training={"local_steps": 40})
+    cfg["federation"]["rounds"] = 1
+    exp = service.http.post("/experiments", json=cfg).json()
+    first = silo_client(service, token, data_files["hospital-a"], tmp_path / "first")
+
+    service.wait_until(  # it trains: its first step losses have arrived
+        exp["id"], lambda _: bool(service.metrics(exp["id"], "client_step", client=3))
+    )
+    first.kill()  # SIGKILL mid-task: no failure report, the task stays claimed
+    assert service.get(exp["id"])["status"] == "running"
+    silo_client(service, token, data_files["hospital-a"], tmp_path / "second")
+    done = service.wait_finished(exp["id"], timeout=300)
+
+    assert done["status"] == "completed", done["error"]
+    tries = [(a["client"], a["ok"]) for a in attempts(service, exp["id"])]
+    assert sorted(tries) == [(0, True), (1, True), (2, True), (3, True)]  # once each, no failure
+    steps = [s["step"] for s in service.metrics(exp["id"], "client_step", client=3)]
+    assert sorted(steps) == list(range(40))  # the retrained task's losses, each step once
+    assert sorted(rounds(service, exp["id"])[0]["summary"]["clients"]) == [0, 1, 2, 3]
