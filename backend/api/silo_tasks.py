@@ -261,9 +261,12 @@ def _n_examples(file: Path) -> int:
     try:
         with file.open("rb") as f:
             meta, tensors = read_header(f, file.stat().st_size)
-        n = int(meta.get("n_examples", ""))
-        if n <= 0 or not tensors:
-            raise ValueError(f"needs tensors and n_examples > 0, has {len(tensors)} and {n}")
+        value = meta.get("n_examples", "")
+        n = int(value) if value.isdigit() else 0
+        if n <= 0:
+            raise ValueError(f"metadata n_examples: {value!r}; allowed: an integer > 0")
+        if not tensors:
+            raise ValueError("holds no tensors")
     except ValueError as e:
         raise HTTPException(422, f"update: {e}") from None
     return n

@@ -47,7 +47,12 @@ def _check_tensor(name: str, info: Any, data: int) -> None:
     if not (isinstance(offsets, list) and len(offsets) == 2):
         raise bad
     start, end = offsets
-    if not (isinstance(start, int) and isinstance(end, int) and 0 <= start <= end <= data):
+    if not (isinstance(start, int) and isinstance(end, int) and 0 <= start <= end):
         raise bad
+    if end > data:
+        raise ValueError(
+            f"tensor {name!r}: data_offsets {offsets} beyond the file's {data} data bytes "
+            "(a truncated file?)"
+        )
     if math.prod(shape) * ITEMSIZE[info["dtype"]] != end - start:
         raise ValueError(f"tensor {name!r}: shape {shape} does not match its {offsets} bytes")
