@@ -34,7 +34,7 @@ from backend.db.events import add_event
 from backend.db.metrics import add_metrics
 from backend.db.models import Experiment, SiloTask
 
-router = APIRouter(prefix="/silo", tags=["silo"], responses=errors(401, 404))
+router = APIRouter(prefix="/silo", tags=["silo"], responses=errors(401))
 
 MAX_WAIT_S = 25.0  # the longest long poll: under common proxies' idle timeouts
 POLL_S = 0.5
@@ -114,7 +114,7 @@ def _live(session: Session, task: SiloTask) -> None:
         )
 
 
-@router.get("/tasks/{task_id}", response_model=SiloTaskPublic)
+@router.get("/tasks/{task_id}", response_model=SiloTaskPublic, responses=errors(404))
 def get_task(task_id: int, silo: SiloDep, session: SessionDep, settings: SettingsDep) -> Any:
     """One of this silo's tasks."""
     return _public(settings, session, _task(session, silo, task_id))
@@ -148,7 +148,9 @@ def _download(
 _FILE = {200: {"content": {"application/octet-stream": {}}, "description": "safetensors"}}
 
 
-@router.get("/tasks/{task_id}/adapter", response_class=StreamingResponse, responses=_FILE)
+@router.get(
+    "/tasks/{task_id}/adapter", response_class=StreamingResponse, responses=_FILE | errors(404)
+)
 def download_adapter(
     task_id: int, silo: SiloDep, session: SessionDep, settings: SettingsDep
 ) -> StreamingResponse:
@@ -156,7 +158,9 @@ def download_adapter(
     return _download(session, settings, silo, task_id, "adapter")
 
 
-@router.get("/tasks/{task_id}/backbone", response_class=StreamingResponse, responses=_FILE)
+@router.get(
+    "/tasks/{task_id}/backbone", response_class=StreamingResponse, responses=_FILE | errors(404)
+)
 def download_backbone(
     task_id: int, silo: SiloDep, session: SessionDep, settings: SettingsDep
 ) -> StreamingResponse:
@@ -164,7 +168,7 @@ def download_backbone(
     return _download(session, settings, silo, task_id, "backbone")
 
 
-@router.post("/tasks/{task_id}/progress", responses=errors(409))
+@router.post("/tasks/{task_id}/progress", responses=errors(404, 409))
 def progress(
     task_id: int, body: SiloProgress, silo: SiloDep, session: SessionDep
 ) -> dict[str, str]:
@@ -190,7 +194,7 @@ def progress(
     return {"status": task.status}
 
 
-@router.post("/tasks/{task_id}/failure", responses=errors(409))
+@router.post("/tasks/{task_id}/failure", responses=errors(404, 409))
 def failure(
     task_id: int, body: SiloFailure, silo: SiloDep, session: SessionDep, settings: SettingsDep
 ) -> dict[str, str]:
@@ -275,7 +279,7 @@ def _n_examples(file: Path) -> int:
 @router.post(
     "/tasks/{task_id}/update",
     response_model=SiloUploadResult,
-    responses=errors(409, 413),
+    responses=errors(404, 409, 413),
     openapi_extra={"requestBody": {"content": {"application/octet-stream": {}}, "required": True}},
 )
 async def upload(

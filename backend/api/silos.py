@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, HTTPException, Response, status
 
-from backend.api.deps import SessionDep, Write
+from backend.api.deps import LimitDep, OffsetDep, SessionDep, Write
 from backend.api.responses import errors
 from backend.api.schemas import SiloCreate, SiloCreated, SiloPublic, SilosPublic
 from backend.db import silos
@@ -25,10 +25,10 @@ def create_silo(body: SiloCreate, session: SessionDep) -> SiloCreated:
 
 
 @router.get("", response_model=SilosPublic)
-def list_silos(session: SessionDep) -> SilosPublic:
-    """Every silo with its token's state and last use."""
-    rows = [SiloPublic.model_validate(r) for r in silos.list_silos(session)]
-    return SilosPublic(data=rows, count=len(rows))
+def list_silos(session: SessionDep, offset: OffsetDep = 0, limit: LimitDep = 100) -> SilosPublic:
+    """The silos by name, with their token's state and last use."""
+    rows, count = silos.list_silos(session, offset=offset, limit=limit)
+    return SilosPublic(data=[SiloPublic.model_validate(r) for r in rows], count=count)
 
 
 @router.delete("/{name}", status_code=status.HTTP_204_NO_CONTENT, responses=errors(404))

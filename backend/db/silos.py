@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from backend.db.engine import dialect_insert
+from backend.db.engine import dialect_insert, page
 from backend.db.models import ACTIVE, Experiment, Silo, SiloTask, utcnow
 
 TOKEN_PREFIX = "fms_"  # tells a silo token from the API token at a glance
@@ -60,8 +60,9 @@ def revoke_silo(session: Session, *, name: str) -> Silo | None:
     return row
 
 
-def list_silos(session: Session) -> list[Silo]:
-    return list(session.scalars(select(Silo).order_by(Silo.name)))
+def list_silos(session: Session, *, offset: int = 0, limit: int = 500) -> tuple[list[Silo], int]:
+    """The silos by name (one page) and how many there are."""
+    return page(session, select(Silo).order_by(Silo.name), offset=offset, limit=limit)
 
 
 def authenticate(session: Session, *, token: str) -> Silo | None:
