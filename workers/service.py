@@ -102,7 +102,9 @@ class Job:
                     db, experiment_id=self.experiment_id, round_num=t
                 )
                 waiting = {
-                    c: s for c, s in tokens.items() if c not in done or done[c].attempt < attempt
+                    c: s
+                    for c, s in tokens.items()
+                    if c not in done or not (done[c].ok or done[c].attempt >= attempt)
                 }
                 silo_tasks.add_tasks(
                     db,

@@ -121,12 +121,14 @@ def aggregate_when_complete(
     row = results.get_round(session, experiment_id=experiment_id, round_num=round_num)
     if exp is None or row is None or row.status != "running" or row.clients is None:
         return False
+    # A client is in: it has this attempt's result, or succeeded in an earlier attempt (a
+    # re-dispatch sends every sampled client again; those skip).
     done = set(
         session.scalars(
             select(ClientUpdate.client).where(
                 ClientUpdate.experiment_id == experiment_id,
                 ClientUpdate.round == round_num,
-                ClientUpdate.attempt == row.attempt,
+                or_(ClientUpdate.attempt == row.attempt, ClientUpdate.ok.is_(True)),
             )
         )
     )

@@ -253,3 +253,31 @@ def test_a_silent_silo_task_becomes_its_clients_failure(
     progress = client.post(f"{API}/silo/tasks/{task['id']}/progress", json={"steps": []},
                            headers=auth(round0["a"]))  # fmt: skip
     assert progress.status_code == 409  # the silo client is told to drop it
+
+
+def test_an_attempt_waits_only_for_clients_without_a_success_and_aggregates_once(
+    client: TestClient, session: Session, settings: Settings, round0: dict[str, Any]
+) -> None:
+    eid = round0["id"]
+    exp = session.get(Experiment, eid)
+    assert exp is not None
+
+    def record(c: int, attempt: int, ok: bool) -> None:
+        row = {"round": 0, "client": c, "ok": ok, "n_examples": 3, "error": None if ok else "x"}
+        results.record_client(session, experiment_id=eid, attempt=attempt, record=row)
+
+    def complete() -> bool:
+        return lifecycle.aggregate_when_complete(
+            settings, session, experiment_id=eid, round_num=0, generation=exp.generation
+        )
+
+    record(2, 0, True)
+    record(3, 0, False)
+    # a re-dispatch of attempt 1 sends every sampled client again; client 2 has succeeded
+    results.start_round(session, experiment_id=eid, round_num=0, attempt=1, clients=[2, 3])
+    before = aggregations_sent(settings)
+    assert not complete()  # client 3's retry is still out
+    record(3, 1, True)
+    assert complete()
+    assert not complete()  # once per generation and attempt
+    assert aggregations_sent(settings) == before + 1

@@ -76,13 +76,15 @@ def _train(
         data = [encoded(cfg, rank, "train")[i] for i in idx]
     else:  # cross-silo: this worker's own data; the server holds none of it
         examples = silo_examples(cfg, client, silo_data)
-        task = task_of(cfg)  # the label set (classifiers) is the experiment's
+        # The label set (classifiers) is the experiment's; a language model needs none, so a
+        # silo never needs the server's dataset to train one.
+        labels = task_of(cfg).labels if bench.kind == "seq-cls" else []
         data = encode(
             examples,
             bench.tokenizer,
             cfg.training.max_length,
             bench.kind,
-            task.labels,
+            labels,
             chat_template=cfg.data.chat_template,
         )
     t0 = time.perf_counter()
