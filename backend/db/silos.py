@@ -65,6 +65,12 @@ def list_silos(session: Session, *, offset: int = 0, limit: int = 500) -> tuple[
     return page(session, select(Silo).order_by(Silo.name), offset=offset, limit=limit)
 
 
+def live_silos(session: Session, *, names: list[str]) -> list[Silo]:
+    """The silos of ``names`` that hold a live (not revoked) token."""
+    query = select(Silo).where(Silo.name.in_(names), Silo.revoked_at.is_(None))
+    return list(session.scalars(query))
+
+
 def authenticate(session: Session, *, token: str) -> Silo | None:
     """The silo whose live token this is (its last use recorded), else None. Commits."""
     digest = hash_token(token)

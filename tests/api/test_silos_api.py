@@ -69,6 +69,7 @@ def round0(
     round's global adapter in its run directory; the two silos' tokens."""
     fed = {"num_clients": 4, "clients_per_round": 2, "rounds": 1,
            "silos": {"a": [2], "b": [3]}, "token_silos": ["a", "b"]}  # fmt: skip
+    tokens = {"a": issue(client, "a"), "b": issue(client, "b")}
     response = client.post(
         f"{API}/experiments", json=make_config(federation=fed), headers=auth(ADMIN)
     )
@@ -82,7 +83,7 @@ def round0(
     results.start_round(session, experiment_id=eid, round_num=0, attempt=0, clients=[2, 3])
     silos.add_tasks(session, experiment_id=eid, round_num=0, attempt=0,
                     generation=exp.generation, clients={2: "a", 3: "b"})  # fmt: skip
-    return {"id": eid, "adapter": adapter, "a": issue(client, "a"), "b": issue(client, "b")}
+    return {"id": eid, "adapter": adapter, **tokens}
 
 
 def claim(client: TestClient, token: str) -> dict[str, Any]:
@@ -126,6 +127,23 @@ def test_a_silo_token_is_issued_once_stored_hashed_listed_and_revoked_at_once(
     fresh = issue(client, "hospital-a")  # a revoked silo may get a new token
     assert client.get(f"{API}/silo/tasks?wait=0", headers=auth(fresh)).status_code == 204
     assert client.get(f"{API}/silo/tasks?wait=0", headers=auth(token)).status_code == 401
+
+
+def test_an_experiment_needs_a_live_token_for_each_token_silo(
+    client: TestClient, make_config: Callable[..., Any]
+) -> None:
+    fed = {"num_clients": 4, "clients_per_round": 2, "silos": {"a": [2], "b": [3]},
+           "token_silos": ["a", "b"]}  # fmt: skip
+    issue(client, "a")
+    body = make_config(federation=fed)
+
+    refused = client.post(f"{API}/experiments", json=body, headers=auth(ADMIN))
+    assert refused.status_code == 422
+    [error] = refused.json()["detail"]
+    assert error["loc"] == ["body", "federation", "token_silos"]
+    assert "no live token for silo(s) 'b'" in error["msg"]
+    issue(client, "b")
+    assert client.post(f"{API}/experiments", json=body, headers=auth(ADMIN)).status_code == 201
 
 
 def _silo_requests(task_id: int) -> list[tuple[str, str, dict[str, Any]]]:
