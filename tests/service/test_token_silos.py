@@ -17,7 +17,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from tests.service.conftest import ROOT, Proc, Service, _env
+from tests.service.conftest import ROOT, Proc, Service, _env, _redis_service
 
 TOKEN = "silo-test-admin-token"
 SILOS = {"hospital-a": 12, "hospital-b": 20}  # silo -> records in its data file
@@ -42,15 +42,31 @@ def silo_config(**federation: Any) -> dict[str, Any]:
     }
 
 
-@pytest.fixture(scope="module")
-def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    tmp = tmp_path_factory.mktemp("silos")
-    env = _env(tmp, api_token=TOKEN, stale_after_s="120", silo_reclaim_s="3")
-    service = Service(tmp, env)
+def _start(service: Service) -> Service:
+    service.env |= {
+        "FEDMOMENTUM_API_TOKEN": TOKEN,
+        "FEDMOMENTUM_STALE_AFTER_S": "120",
+        "FEDMOMENTUM_SILO_RECLAIM_S": "3",
+    }
     service.http.headers["Authorization"] = f"Bearer {TOKEN}"
+    service.api(worker=True)
+    return service
+
+
+@pytest.fixture(scope="module", params=["embedded", "redis"])
+def service(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Service]:
+    """``fedmomentum up`` with its worker: embedded (filesystem broker, SQLite), or on the
+    real Redis and PostgreSQL."""
+    tmp = tmp_path_factory.mktemp(f"silos-{request.param}")
+    if request.param == "redis":
+        for service in _redis_service(tmp):
+            yield _start(service)
+        return
+    service = Service(tmp, _env(tmp))
     try:
-        service.api(worker=True)
-        yield service
+        yield _start(service)
     finally:
         service.close()
 
