@@ -114,7 +114,8 @@ def aggregate_when_complete(
     settings: Settings, session: Session, *, experiment_id: str, round_num: int, generation: int
 ) -> bool:
     """Send the round's aggregation once every client sent in its current attempt has a
-    result of that attempt (rounds without a chord: Celery and token-silo clients mixed).
+    result of that attempt, or a success from an earlier one (rounds without a chord:
+    Celery and token-silo clients mixed).
     Once per generation and attempt: a conditional UPDATE, so the two last clients arriving
     together send it once. True when this call sent it. Commits."""
     exp = current(session, experiment_id=experiment_id, generation=generation)
@@ -174,13 +175,14 @@ def client_finished(
 
 
 def fail_silent_silos(settings: Settings, session: Session) -> int:
-    """Each token-silo task silent past ``silo_timeout_s`` becomes its client's failure
-    (then retried or failed with the round, as any failed client). Returns how many."""
+    """Each token-silo task whose silo is silent past ``silo_timeout_s`` becomes its
+    client's failure (then retried or failed with the round, as any failed client).
+    Returns how many."""
     tasks = silos.silent_tasks(session, timeout_s=settings.silo_timeout_s)
     for task in tasks:
         reason = (
-            f"silo {task.silo!r} sent no word on this task for {settings.silo_timeout_s:g} s "
-            "(FEDMOMENTUM_SILO_TIMEOUT_S)"
+            f"silo {task.silo!r} was silent for {settings.silo_timeout_s:g} s with this task "
+            "open (FEDMOMENTUM_SILO_TIMEOUT_S)"
         )
         if silos.close_task(session, task=task, ok=False, error=reason):
             record = {"round": task.round, "client": task.client, "ok": False, "error": reason}

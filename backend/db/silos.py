@@ -16,7 +16,7 @@ import secrets
 from collections.abc import Mapping
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
 from backend.db.engine import dialect_insert, page
@@ -180,12 +180,20 @@ def close_task(session: Session, *, task: SiloTask, ok: bool, error: str | None 
 
 
 def silent_tasks(session: Session, *, timeout_s: float) -> list[SiloTask]:
-    """Open tasks of live experiments without a word from their silo for ``timeout_s``."""
+    """Open tasks of live experiments whose silo has been silent for ``timeout_s``: a
+    claimed task without a word on it, a pending one whose silo made no request at all (a
+    silo busy training another task still long-polls and reports, so its queue waits)."""
     cutoff: datetime = utcnow() - timedelta(seconds=timeout_s)
-    last = func.coalesce(SiloTask.seen_at, SiloTask.created_at)
+    claimed = and_(SiloTask.status == "claimed", SiloTask.seen_at < cutoff)
+    pending = and_(
+        SiloTask.status == "pending",
+        SiloTask.created_at < cutoff,
+        or_(Silo.last_used_at.is_(None), Silo.last_used_at < cutoff),
+    )
     query = (
         select(SiloTask)
         .join(Experiment, and_(*_live()))
-        .where(SiloTask.status.in_(("pending", "claimed")), last < cutoff)
+        .outerjoin(Silo, Silo.name == SiloTask.silo)
+        .where(or_(claimed, pending))
     )
     return list(session.scalars(query.order_by(SiloTask.id)))

@@ -261,16 +261,24 @@ def test_a_silent_silo_task_becomes_its_clients_failure(
     task = claim(client, round0["a"])
     time.sleep(0.3)
     quick = settings.model_copy(update={"silo_timeout_s": 0.2})
+    word = client.get(f"{API}/silo/tasks/999999", headers=auth(round0["b"]))  # b speaks
+    assert word.status_code == 404
 
-    assert lifecycle.fail_silent_silos(quick, session) == 2  # a's claimed, b's never claimed
+    assert lifecycle.fail_silent_silos(quick, session) == 1  # a's claimed task, silent
+    time.sleep(0.3)
+    assert lifecycle.fail_silent_silos(quick, session) == 1  # b's pending one, now silent
     rows = session.scalars(
         select(ClientUpdate).where(ClientUpdate.experiment_id == round0["id"])
     ).all()
     assert sorted(r.client for r in rows if not r.ok) == [2, 3]
-    assert all("sent no word on this task for 0.2 s" in (r.error or "") for r in rows)
+    assert all(
+        "was silent for 0.2 s with this task open (FEDMOMENTUM_SILO_TIMEOUT_S)" in (r.error or "")
+        for r in rows
+    )
     progress = client.post(f"{API}/silo/tasks/{task['id']}/progress", json={"steps": []},
                            headers=auth(round0["a"]))  # fmt: skip
     assert progress.status_code == 409  # the silo client is told to drop it
+    assert aggregations_sent(settings) == 1  # both failed: the round decides (retry or fail)
 
 
 def test_an_attempt_waits_only_for_clients_without_a_success_and_aggregates_once(
