@@ -23,6 +23,7 @@ from backend.core.config import ExperimentConfig
 from backend.core.runs import RunPaths, run_dir
 from backend.core.settings import Settings
 from backend.db import lifecycle, results
+from backend.db import silos as silo_tasks
 from backend.db.engine import get_engine
 from backend.db.events import add_event
 from backend.db.metrics import add_metrics, has_metric, round_records
@@ -83,10 +84,55 @@ class Job:
         with self.db() as db:
             add_metrics(db, experiment_id=self.experiment_id, records=records, emit=True)
 
+    @property
+    def chorded(self) -> bool:
+        """Whether rounds are Celery chords: not when token silos train over the API (then
+        the round's last client result, from a task or the API, sends the aggregation)."""
+        return not self.cfg.federation.token_silos
+
     def send_round(self, t: int, attempt: int, clients: list[int]) -> None:
-        """``send_round``, each silo client to its silo's queue."""
-        silos = {c: silo for c in clients if (silo := self.cfg.silo_of(c)) is not None}
-        send_round(self.settings, self.experiment_id, t, self.generation, attempt, clients, silos)
+        """``send_round``, each silo client to its silo's queue; each token-silo client as a
+        task its silo claims over the API (unless it already has this attempt's result)."""
+        tokens = {c: s for c in clients if (s := self.cfg.token_silo_of(c)) is not None}
+        celery = [c for c in clients if c not in tokens]
+        silos = {c: silo for c in celery if (silo := self.cfg.silo_of(c)) is not None}
+        if tokens:
+            with self.db() as db:
+                done = results.latest_client_updates(
+                    db, experiment_id=self.experiment_id, round_num=t
+                )
+                waiting = {
+                    c: s
+                    for c, s in tokens.items()
+                    if c not in done or not (done[c].ok or done[c].attempt >= attempt)
+                }
+                silo_tasks.add_tasks(
+                    db,
+                    experiment_id=self.experiment_id,
+                    round_num=t,
+                    attempt=attempt,
+                    generation=self.generation,
+                    clients=waiting,
+                )
+        send_round(
+            self.settings, self.experiment_id, t, self.generation, attempt, celery, silos,
+            chorded=self.chorded,
+        )  # fmt: skip
+        if not self.chorded:
+            self.aggregate_when_complete(t)
+
+    def aggregate_when_complete(self, t: int) -> None:
+        """Not chorded: send round t's aggregation if its last client result is in."""
+        if self.chorded:
+            return
+        with self.db() as db:
+            lifecycle.aggregate_when_complete(
+                self.settings,
+                db,
+                experiment_id=self.experiment_id,
+                round_num=t,
+                generation=self.generation,
+            )
 
     def register(self, key: str, kind: str, round_num: int | None) -> None:
         """Record a committed folder in the artifacts table (path relative to the run dir)."""
@@ -261,6 +307,7 @@ def train(
         ).get(client)
         lifecycle.heartbeat(db, experiment_id=experiment_id)
     if done is not None and done.ok and paths.store.exists(paths.upload(round_num, client)):
+        job.aggregate_when_complete(round_num)
         return {"client": client, "ok": True, "skipped": "already trained"}
     reporter = _Reporter(job, round_num, client)
     rec = runner.train_client(paths, round_num, client, on_step=reporter)
@@ -275,6 +322,7 @@ def train(
         record = {k: v for k, v in asdict(rec).items() if k != "losses"}
         results.record_client(db, experiment_id=experiment_id, attempt=attempt, record=record)
         lifecycle.heartbeat(db, experiment_id=experiment_id)
+    job.aggregate_when_complete(round_num)
     return {"client": client, "ok": rec.ok, "error": rec.error}
 
 

@@ -16,7 +16,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from starlette.types import ASGIApp
 
-from backend.api import TAGS, api_router, datasets
+from backend.api import TAGS, api_router, datasets, silo_router
 from backend.api.dashboard import mount_dashboard
 from backend.api.errors import install_error_handlers
 from backend.api.limits import BodyLimitDetail, StreamSlots, body_limit_settings, database_slots
@@ -81,5 +81,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(api_router, prefix=API_PREFIX)
     app.include_router(datasets.router, prefix=API_PREFIX, max_body_size=settings.max_dataset_bytes)
+    app.include_router(silo_router, prefix=API_PREFIX, max_body_size=settings.max_upload_bytes)
     mount_dashboard(app)
     return app

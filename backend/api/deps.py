@@ -12,8 +12,8 @@ from sqlalchemy.orm import Session
 
 from backend.api.schemas import MAX_INT, MAX_LIMIT
 from backend.core.settings import Settings
-from backend.db import experiments
-from backend.db.engine import session_for
+from backend.db import experiments, silos
+from backend.db.engine import get_engine, session_for
 from backend.db.models import Experiment
 
 
@@ -92,3 +92,25 @@ def require_read(credentials: Credentials, settings: SettingsDep) -> None:
 
 Write = Depends(require_token)
 Read = Depends(require_read)
+
+
+def require_silo(credentials: Credentials, settings: SettingsDep) -> str:
+    """The name of the silo whose live token the request carries; 401 otherwise (no token,
+    an unknown or revoked one: the same answer, so a token's state is not revealed). Its own
+    short session: a long-polling route must not hold one while it waits."""
+    name = None
+    if credentials is not None:
+        with Session(get_engine(settings.database_url)) as session:
+            silo = silos.authenticate(session, token=credentials.credentials)
+            name = silo.name if silo is not None else None
+    if name is None:
+        raise HTTPException(
+            401,
+            "this endpoint needs a silo token: send `Authorization: Bearer <token>` "
+            "(issued by `fedmomentum silo create NAME`; a revoked token is refused)",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    return name
+
+
+SiloDep = Annotated[str, Depends(require_silo)]

@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Body, HTTPException, Query, Request, Response, status
 from fastapi.exceptions import RequestValidationError
+from sqlalchemy.orm import Session
 
 from backend.api.deps import (
     ExperimentDep,
@@ -30,6 +31,7 @@ from backend.core.config import ExperimentConfig
 from backend.core.runs import remove_run_dir
 from backend.core.settings import Settings
 from backend.db import experiments as crud
+from backend.db import silos as silo_credentials
 from backend.db.lifecycle import dispatch
 from backend.db.models import Experiment, ExperimentStatus
 
@@ -69,6 +71,19 @@ def checked(config: ExperimentConfig, settings: Settings) -> ExperimentConfig:
     return config
 
 
+def _check_token_silos(session: Session, config: ExperimentConfig) -> None:
+    """422 for a token silo without a live token: its clients could never train."""
+    names = config.federation.token_silos or []
+    live = {s.name for s in silo_credentials.live_silos(session, names=names)}
+    if missing := [n for n in names if n not in live]:
+        msg = (
+            f"Value error, no live token for silo(s) {', '.join(map(repr, missing))}; "
+            "issue one with `fedmomentum silo create NAME` first"
+        )
+        loc = ("body", "federation", "token_silos")
+        raise RequestValidationError([{"type": "value_error", "loc": loc, "msg": msg}])
+
+
 @router.post(
     "",
     status_code=status.HTTP_201_CREATED,
@@ -84,6 +99,7 @@ def create_experiment(
     response: Response,
 ) -> Experiment:
     """Validate an experiment config, store it as a queued experiment and start it."""
+    _check_token_silos(session, config)
     experiment = crud.create_experiment(session, config=checked(config, settings))
     dispatch_stored(settings, session, experiment)
     response.headers["Location"] = str(

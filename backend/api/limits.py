@@ -43,7 +43,8 @@ def body_limit_settings(settings: Settings) -> dict[int, str]:
     """
     return {
         settings.max_dataset_bytes: "FEDMOMENTUM_MAX_DATASET_BYTES",
-        settings.max_body_bytes: "FEDMOMENTUM_MAX_BODY_BYTES",  # wins if both are equal
+        settings.max_upload_bytes: "FEDMOMENTUM_MAX_UPLOAD_BYTES",
+        settings.max_body_bytes: "FEDMOMENTUM_MAX_BODY_BYTES",  # wins if two are equal
     }
 
 

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from backend.core.config import ExperimentConfig, storable_text
+from backend.core.config import SILO_NAME, ExperimentConfig, storable_text
 from backend.core.leaderboard import Row
 from backend.core.sweeps import SweepSpec
 from backend.db.models import NO_INT, NO_LAYER, ExperimentStatus
@@ -225,3 +225,89 @@ class DatasetPublic(BaseModel):
 class DatasetsPublic(BaseModel):
     data: list[DatasetPublic]
     count: int = Field(description="uploaded datasets (all pages)")
+
+
+class SiloCreate(BaseModel):
+    """Body of POST /silos."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(
+        min_length=1, max_length=64, description="the silo's name, as in federation.silos"
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not SILO_NAME.fullmatch(v):
+            raise ValueError(
+                f"bad silo name {v!r}; allowed: 1-64 letters, digits, '_', '.', '-' "
+                "(starting with a letter or digit)"
+            )
+        return v
+
+
+class SiloPublic(_FromORM):
+    """A silo's credential, without its token."""
+
+    name: str
+    created_at: datetime
+    revoked_at: datetime | None
+    last_used_at: datetime | None
+
+
+class SiloCreated(SiloPublic):
+    token: str = Field(description="the silo's token: shown once, stored only as its sha256")
+
+
+class SilosPublic(BaseModel):
+    data: list[SiloPublic]
+    count: int
+
+
+class SiloTaskPublic(BaseModel):
+    """A training task handed to a silo: what its client needs to train and upload."""
+
+    id: int
+    experiment_id: str
+    round: int
+    client: int
+    attempt: int
+    generation: int
+    rank: int = Field(description="the client's LoRA rank (its rank group's global state)")
+    config: dict[str, Any] = Field(description="the experiment's config")
+    backbone: bool = Field(description="whether the round has a backbone delta to download")
+
+
+class SiloStep(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    step: int = Field(ge=0, le=MAX_INT)
+    loss: float
+
+
+class SiloProgress(BaseModel):
+    """Body of POST /silo/tasks/{id}/progress: the step losses since the last one (none: a
+    sign of life)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    steps: list[SiloStep] = Field(default_factory=list, max_length=100_000)
+
+
+class SiloFailure(BaseModel):
+    """Body of POST /silo/tasks/{id}/failure."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str = Field(min_length=1, max_length=10_000)
+
+    @field_validator("reason")
+    @classmethod
+    def _storable(cls, v: str) -> str:
+        return storable_text(v)
+
+
+class SiloUploadResult(BaseModel):
+    accepted: bool = Field(description="false: this task's update was received before")
+    n_examples: int

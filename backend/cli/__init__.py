@@ -9,7 +9,7 @@ import sys
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from backend.cli import remote
+from backend.cli import remote, silo
 from backend.core.config import ConfigError, load_config
 from backend.core.sweeps import SweepError
 
@@ -217,6 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     work.add_argument("--parent-pid", type=int, help="exit when this process dies (fedmomentum up)")
     work.set_defaults(func=_worker)
     remote.add_commands(sub)
+    silo.add_commands(sub, remote.server_options())
     return parser
 
 

@@ -143,8 +143,8 @@ def cancel(args: argparse.Namespace, client: Client) -> int:
     return 0
 
 
-def add_commands(sub: Any) -> None:
-    """The remote commands, on the subparsers of the ``fedmomentum`` parser."""
+def server_options() -> argparse.ArgumentParser:
+    """The parent parser of every remote command: --server and --token."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--server",
@@ -156,6 +156,12 @@ def add_commands(sub: Any) -> None:
         default=os.environ.get("FEDMOMENTUM_API_TOKEN") or None,
         help="the service's API token, sent as a bearer token (default: FEDMOMENTUM_API_TOKEN)",
     )
+    return common
+
+
+def add_commands(sub: Any) -> None:
+    """The remote commands, on the subparsers of the ``fedmomentum`` parser."""
+    common = server_options()
     as_json = argparse.ArgumentParser(add_help=False)
     as_json.add_argument("--json", action="store_true", help="print the API's JSON")
 

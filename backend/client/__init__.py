@@ -29,7 +29,7 @@ import httpx
 from backend.client.sse import Event, Parser
 from backend.core.config import read_config_file
 
-__all__ = ["DEFAULT_SERVER", "APIError", "Client", "Event"]
+__all__ = ["DEFAULT_SERVER", "APIError", "Client", "Event", "check"]
 
 DEFAULT_SERVER = "http://127.0.0.1:8000"
 API_PREFIX = "/api/v1"
@@ -70,7 +70,7 @@ class APIError(Exception):
         return cls(response.status_code, detail)
 
 
-def _check(response: httpx.Response) -> httpx.Response:
+def check(response: httpx.Response) -> httpx.Response:
     if response.is_error:
         response.read()
         raise APIError.from_response(response)
@@ -106,7 +106,7 @@ class Client:
         self.close()
 
     def _json(self, method: str, url: str, **kwargs: Any) -> Any:
-        return _check(self.http.request(method, url, **kwargs)).json()
+        return check(self.http.request(method, url, **kwargs)).json()
 
     def submit(self, config: dict[str, Any] | str | Path) -> dict[str, Any]:
         """Create and start an experiment from a config (a dict, or a YAML file's path);
@@ -138,6 +138,18 @@ class Client:
         """Cancel a queued or running experiment (APIError 409 when it has finished)."""
         return cast(dict[str, Any], self._json("POST", f"/experiments/{experiment_id}/cancel"))
 
+    def create_silo(self, name: str) -> dict[str, Any]:
+        """Issue the token of silo ``name`` (shown once: ``token``)."""
+        return cast(dict[str, Any], self._json("POST", "/silos", json={"name": name}))
+
+    def list_silos(self) -> builtins.list[dict[str, Any]]:
+        """Every silo: name, created_at, revoked_at, last_used_at."""
+        return cast(builtins.list[dict[str, Any]], self._json("GET", "/silos")["data"])
+
+    def revoke_silo(self, name: str) -> None:
+        """Revoke silo ``name``'s token (refused from the next request on)."""
+        check(self.http.delete(f"/silos/{name}"))
+
     def events(
         self,
         experiment_id: str,
@@ -167,7 +179,7 @@ class Client:
                     if response.status_code >= 500 or response.status_code == 429:
                         response.read()
                         raise _Retry(APIError.from_response(response))
-                    _check(response)
+                    check(response)
                     for event in parser.feed(response.iter_lines()):
                         failures = 0
                         yield event
@@ -202,7 +214,7 @@ class Client:
             tempfile.NamedTemporaryFile(dir=out, suffix=".zip.part", delete=False) as part,
         ):
             try:
-                _check(response)
+                check(response)
                 for chunk in response.iter_bytes():
                     part.write(chunk)
             except BaseException:

@@ -25,7 +25,15 @@ from celery import Celery, chord, group
 from backend.core.config import AGGREGATE_QUEUE, TRAIN_QUEUE
 from backend.core.settings import Settings
 
-__all__ = ["AGGREGATE_QUEUE", "TRAIN_QUEUE", "celery_for", "make_app", "send_advance", "send_round"]
+__all__ = [
+    "AGGREGATE_QUEUE",
+    "TRAIN_QUEUE",
+    "celery_for",
+    "make_app",
+    "send_advance",
+    "send_aggregate",
+    "send_round",
+]
 
 
 def make_app(settings: Settings) -> Celery:
@@ -109,11 +117,14 @@ def send_round(
     attempt: int,
     clients: list[int],
     silos: Mapping[int, str] | None = None,
+    chorded: bool = True,
 ) -> None:
     """One round as a chord: ``train_client`` per client, then ``aggregate_round``.
 
     A client pinned to a silo (``silos``: client -> silo name) goes to the queue named after
     its silo, which only that silo's workers consume; every other client goes to ``train``.
+    Not ``chorded`` (a round that also waits on token silos, whose clients train over the
+    API): only the group; whoever records the round's last client sends ``send_aggregate``.
     """
     silos = silos or {}
     app = celery_for(settings)
@@ -126,6 +137,10 @@ def send_round(
         )
         for client in clients
     )
+    if not chorded:
+        if clients:
+            header.apply_async()
+        return
     callback = app.signature(
         "fedmomentum.aggregate_round",
         args=(experiment_id, round_num, attempt, generation),
@@ -136,3 +151,14 @@ def send_round(
     # instead of a fixed 1 s per round; later polls come every result_chord_retry_interval.
     # Redis counts chord parts natively and ignores both.
     chord(header, callback).run(header, callback, (), app=app, countdown=0.02)
+
+
+def send_aggregate(
+    settings: Settings, experiment_id: str, round_num: int, attempt: int, generation: int
+) -> None:
+    """``aggregate_round`` on its own (a round without a chord: its last client arrived)."""
+    celery_for(settings).send_task(
+        "fedmomentum.aggregate_round",
+        args=([], experiment_id, round_num, attempt, generation),
+        queue=AGGREGATE_QUEUE,
+    )

@@ -136,6 +136,12 @@ class FederationConfig(_Strict):
         description="cross-silo: silo name -> its clients; they train only on workers of the "
         "queue named after the silo, from the data those workers hold (FEDMOMENTUM_SILO_DATA)",
     )
+    token_silos: list[str] | None = Field(
+        None,
+        description="silos of `silos` whose clients train on `fedmomentum silo-client`, which "
+        "holds only the silo's token and talks only to the API (no Celery worker, broker, "
+        "database or store credentials at the silo)",
+    )
 
     @model_validator(mode="after")
     def _counts(self) -> FederationConfig:
@@ -173,6 +179,12 @@ class FederationConfig(_Strict):
                 if c in seen:
                     raise ValueError(f"silos: client {c} is in both {seen[c]!r} and {name!r}")
                 seen[c] = name
+        for name in self.token_silos or []:
+            if name not in (self.silos or {}):
+                raise ValueError(
+                    f"token_silos: {name!r} is not a silo of federation.silos; allowed: "
+                    f"{', '.join(self.silos or {}) or 'none (set federation.silos first)'}"
+                )
 
 
 class TrainingConfig(_Strict):
@@ -326,6 +338,11 @@ class ExperimentConfig(_Strict):
     def silo_of(self, client: int) -> str | None:
         """The silo a client is pinned to (its queue), or None for the shared ``train``."""
         return next((s for s, cs in (self.federation.silos or {}).items() if client in cs), None)
+
+    def token_silo_of(self, client: int) -> str | None:
+        """The silo of a client that trains on a token silo client (tasks over the API)."""
+        silo = self.silo_of(client)
+        return silo if silo is not None and silo in (self.federation.token_silos or []) else None
 
     def rank_groups(self) -> list[int]:
         return sorted({self.client_rank(c) for c in range(self.federation.num_clients)})

@@ -70,6 +70,12 @@ class Settings(BaseSettings):
     # Cross-silo: silo name -> this worker's data for the clients pinned to that silo (a
     # data file or hf: dataset on this machine), as JSON, e.g. {"hospital-a": "/data/a.jsonl"}.
     silo_data: dict[str, str] = {}
+    # Token silos (`fedmomentum silo-client`): a task without a word from its silo for
+    # silo_timeout_s is that client's failure; a claimed task silent for silo_reclaim_s may be
+    # claimed again (its client restarted); an uploaded update may have max_upload_bytes.
+    silo_timeout_s: float = Field(900.0, gt=0)
+    silo_reclaim_s: float = Field(60.0, gt=0)
+    max_upload_bytes: int = Field(1 << 30, gt=0)
     # Request limits (per API process): the largest request body (413 beyond it; a config is
     # a few kB, a 10,000-client silo map ~60 kB), and the event streams (SSE) one client
     # address may hold open at once (429 beyond; 0: no limit). One dashboard tab holds one

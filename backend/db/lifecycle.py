@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
-from backend.core.broker import send_advance
+from backend.core.broker import send_advance, send_aggregate
 from backend.core.settings import Settings
+from backend.db import results, silos
 from backend.db.engine import get_engine
 from backend.db.events import add_event
-from backend.db.models import ACTIVE, Experiment, ExperimentStatus, utcnow
+from backend.db.models import ACTIVE, ClientUpdate, Experiment, ExperimentStatus, Round, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -115,12 +117,104 @@ def dispatch(settings: Settings, session: Session, *, experiment: Experiment) ->
     return generation
 
 
+def aggregate_when_complete(
+    settings: Settings, session: Session, *, experiment_id: str, round_num: int, generation: int
+) -> bool:
+    """Send the round's aggregation once every client sent in its current attempt has a
+    result of that attempt, or a success from an earlier one (rounds without a chord:
+    Celery and token-silo clients mixed).
+    Once per generation and attempt: a conditional UPDATE, so the two last clients arriving
+    together send it once. True when this call sent it. Commits."""
+    exp = current(session, experiment_id=experiment_id, generation=generation)
+    row = results.get_round(session, experiment_id=experiment_id, round_num=round_num)
+    if exp is None or row is None or row.status != "running" or row.clients is None:
+        return False
+    # A client is in: it has this attempt's result, or succeeded in an earlier attempt (a
+    # re-dispatch sends every sampled client again; those skip).
+    done = set(
+        session.scalars(
+            select(ClientUpdate.client).where(
+                ClientUpdate.experiment_id == experiment_id,
+                ClientUpdate.round == round_num,
+                or_(ClientUpdate.attempt == row.attempt, ClientUpdate.ok.is_(True)),
+            )
+        )
+    )
+    if not set(row.clients) <= done:
+        return False
+    key = f"{generation}/{row.attempt}"
+    claimed = session.execute(
+        update(Round)
+        .where(
+            Round.id == row.id,
+            Round.attempt == row.attempt,
+            or_(Round.aggregate_key.is_(None), Round.aggregate_key != key),
+        )
+        .values(aggregate_key=key)
+    )
+    session.commit()
+    if claimed.rowcount != 1:  # type: ignore[attr-defined]
+        return False
+    send_aggregate(settings, experiment_id, round_num, row.attempt, generation)
+    return True
+
+
+def client_finished(
+    settings: Settings,
+    session: Session,
+    *,
+    experiment_id: str,
+    attempt: int,
+    generation: int,
+    record: dict[str, Any],
+) -> None:
+    """Store a client attempt that came in over the API and aggregate the round if it was
+    the last one. Commits."""
+    results.record_client(session, experiment_id=experiment_id, attempt=attempt, record=record)
+    heartbeat(session, experiment_id=experiment_id)
+    aggregate_when_complete(
+        settings,
+        session,
+        experiment_id=experiment_id,
+        round_num=record["round"],
+        generation=generation,
+    )
+
+
+def fail_silent_silos(settings: Settings, session: Session) -> int:
+    """Each token-silo task whose silo is silent past ``silo_timeout_s`` becomes its
+    client's failure (then retried or failed with the round, as any failed client).
+    Returns how many."""
+    tasks = silos.silent_tasks(session, timeout_s=settings.silo_timeout_s)
+    for task in tasks:
+        reason = (
+            f"silo {task.silo!r} was silent for {settings.silo_timeout_s:g} s with this task "
+            "open (FEDMOMENTUM_SILO_TIMEOUT_S)"
+        )
+        if silos.close_task(session, task=task, ok=False, error=reason):
+            record = {"round": task.round, "client": task.client, "ok": False, "error": reason}
+            client_finished(
+                settings,
+                session,
+                experiment_id=task.experiment_id,
+                attempt=task.attempt,
+                generation=task.generation,
+                record=record,
+            )
+    return len(tasks)
+
+
 def reconcile(settings: Settings, *, everything: bool = False) -> list[str]:
     """Re-dispatch active experiments that show no sign of life (``everything``: all active
     ones, for a start where no worker can be running). Returns the ids re-dispatched."""
     stale_after = None if everything else settings.stale_after_s
     done = []
     with Session(get_engine(settings.database_url)) as session:
+        try:
+            fail_silent_silos(settings, session)
+        except Exception:  # noqa: BLE001 - the broker may be down: try again next time
+            session.rollback()
+            log.exception("reconcile: could not fail the silent silo tasks")
         for exp in stale_experiments(session, stale_after_s=stale_after):
             try:
                 if dispatch(settings, session, experiment=exp) is not None:

@@ -172,6 +172,10 @@ class Round(Base):
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     summary: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    # The clients sent in the current attempt, and "<generation>/<attempt>" once that
+    # attempt's aggregation was sent (rounds that wait on silo clients: no Celery chord).
+    clients: Mapped[list[int] | None] = mapped_column(JSONType)
+    aggregate_key: Mapped[str | None] = mapped_column(String(32))
 
 
 class ClientUpdate(Base):
@@ -240,3 +244,44 @@ class Event(Base):
     type: Mapped[str] = mapped_column(String(32))
     data: Mapped[dict[str, Any]] = mapped_column(JSONType)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Silo(Base):
+    """A silo that trains behind its own firewall and holds only a token: the sha256 of the
+    token is stored, never the token. A revoked silo keeps its row (its name and last use)."""
+
+    __tablename__ = "silos"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+SILO_TASK_STATUSES = ("pending", "claimed", "done", "failed")
+
+
+class SiloTask(Base):
+    """One client's training of one round attempt, waiting for its silo to claim it over the
+    API (instead of a Celery task); keyed like a dispatch: a re-dispatch adds new rows."""
+
+    __tablename__ = "silo_tasks"
+    __table_args__ = (
+        UniqueConstraint("experiment_id", "round", "client", "attempt", "generation"),
+        CheckConstraint("status IN ('pending', 'claimed', 'done', 'failed')", name="status"),
+        Index("ix_silo_tasks_silo_status", "silo", "status"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    experiment_id: Mapped[str] = _experiment_fk()
+    silo: Mapped[str] = mapped_column(String(64))
+    round: Mapped[int] = mapped_column(Integer)
+    client: Mapped[int] = mapped_column(Integer)
+    attempt: Mapped[int] = mapped_column(Integer)
+    generation: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    seen_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # the silo's last word
+    error: Mapped[str | None] = mapped_column(Text)

@@ -49,7 +49,7 @@ def start_round(
     if row is None:
         row = Round(experiment_id=experiment_id, round=round_num, started_at=utcnow())
         session.add(row)
-    row.status, row.attempt = "running", attempt
+    row.status, row.attempt, row.clients = "running", attempt, clients
     add_event(
         session,
         experiment_id=experiment_id,

@@ -19,6 +19,8 @@ TABLES = {
     "events",
     "clients",
     "sweeps",
+    "silos",
+    "silo_tasks",
 }
 
 

@@ -64,11 +64,16 @@ def test_each_declared_401_and_404_is_what_the_route_answers(spec, settings: Set
     without it, and every GET declaring 404 answers 404 for an unknown id (with it)."""
     locked = settings.model_copy(update={"api_token": SecretStr("t")})
     with TestClient(create_app(locked)) as client:
+        silo = client.post(
+            f"{API}/silos", json={"name": "s"}, headers={"Authorization": "Bearer t"}
+        )
+        tokens = {"api": "t", "silo": silo.json()["token"]}  # the silo routes: a silo's token
         for path, method, op in _operations(spec):
             url = path.replace("{experiment_id}", "nope").replace("{sweep_id}", "nope")
-            url = url.replace("{round}", "0").replace("{name}", "nope")
+            url = url.replace("{round}", "0").replace("{task_id}", "0").replace("{name}", "nope")
+            token = tokens["silo" if path.startswith(f"{API}/silo/") else "api"]
             if "401" in op["responses"]:
                 assert client.request(method, url).status_code == 401, (method, path)
             if "404" in op["responses"] and method == "get":
-                answer = client.get(url, headers={"Authorization": "Bearer t"})
+                answer = client.get(url, headers={"Authorization": f"Bearer {token}"})
                 assert answer.status_code == 404, (path, answer.text)

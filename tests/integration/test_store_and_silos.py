@@ -107,3 +107,28 @@ def test_a_worker_without_the_silos_data_fails_the_client_naming_the_setting(
     assert "client 0 is pinned to silo 'hospital-a'" in (record.error or "")
     assert "FEDMOMENTUM_SILO_DATA names: hospital-b" in (record.error or "")
     assert runner.train_client(paths, 0, 1).ok  # the pooled client trains as usual
+
+
+def test_a_token_silo_client_trains_a_language_model_from_its_own_file_alone(
+    tmp_path: Path, silo_data: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from workers.runner import clients
+
+    server_file = tmp_path / "server.jsonl"
+    rows = [{"prompt": f"{i} + 1 =", "response": f"#### {i + 1}"} for i in range(16)]
+    server_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    fed = {"num_clients": 2, "clients_per_round": 2, "rounds": 1,
+           "silos": {"hospital-a": [0]}, "token_silos": ["hospital-a"]}  # fmt: skip
+    data = {"n_eval": 4, "partition": "iid"}
+    cfg = parse_config(tiny(name="token", dataset=str(server_file), data=data, federation=fed))
+    paths = runner.prepare(cfg, RunPaths.at(tmp_path / "run"))
+    server_file.unlink()  # the server's dataset does not exist at the silo
+    clients._task.cache_clear()
+    monkeypatch.setenv("FEDMOMENTUM_SILO_DATA", "{}")  # nor does any worker setting
+    get_settings.cache_clear()
+
+    record = runner.train_client(paths, 0, 0, silo_data=str(silo_data["hospital-a"]))
+
+    assert record.ok, record.error
+    assert record.n_examples == 12  # every record of the silo's own file
+    assert Store(tmp_path / "run").isfile(RunPaths.upload(0, 0))

@@ -115,3 +115,13 @@ def test_clients_are_pinned_to_their_silo():
     cfg = parse_config({"federation": fed})
 
     assert [cfg.silo_of(c) for c in range(4)] == ["hospital-a", None, "hospital-a", "b.2"]
+
+
+def test_token_silos_must_name_silos_of_the_config():
+    fed = {"num_clients": 4, "clients_per_round": 2, "silos": {"a": [0]}, "token_silos": ["b"]}
+    with pytest.raises(ConfigError, match=r"federation: token_silos: 'b' is not a silo of "
+                       r"federation.silos; allowed: a"):  # fmt: skip
+        parse_config({"federation": fed})
+    cfg = parse_config({"federation": fed | {"silos": {"a": [0], "b": [2]}}})
+    assert [cfg.token_silo_of(c) for c in range(4)] == [None, None, "b", None]
+    assert cfg.silo_of(0) == "a"  # a silo without a token: its Celery queue, as before

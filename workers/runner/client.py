@@ -22,13 +22,20 @@ StepCallback = Callable[[int, float], None]
 
 
 def train_client(
-    paths: RunPaths, round_num: int, client: int, on_step: StepCallback | None = None
+    paths: RunPaths,
+    round_num: int,
+    client: int,
+    on_step: StepCallback | None = None,
+    silo_data: str | None = None,
 ) -> ClientRecord:
-    """Train one client from its group's global state; write its upload. Never raises."""
+    """Train one client from its group's global state; write its upload. Never raises.
+
+    ``silo_data``: a silo client's data file, for a client pinned to that silo (default:
+    this worker's FEDMOMENTUM_SILO_DATA)."""
     start = time.perf_counter()
     try:
         cfg = load_run_config(paths)
-        n, losses, compute = _train(paths, cfg, round_num, client, on_step)
+        n, losses, compute = _train(paths, cfg, round_num, client, on_step, silo_data)
         upload = paths.store.url(paths.upload(round_num, client))
         return ClientRecord(
             round_num, client, True, n, time.perf_counter() - start, compute, upload, losses=losses
@@ -49,6 +56,7 @@ def _train(
     round_num: int,
     client: int,
     on_step: StepCallback | None,
+    silo_data: str | None,
 ) -> tuple[int, list[float], float]:
     strategy = get_strategy(cfg.strategy)
     if cfg.privacy.mode == "local":
@@ -67,14 +75,16 @@ def _train(
         idx = store.read_json(paths.split)["clients"][client]
         data = [encoded(cfg, rank, "train")[i] for i in idx]
     else:  # cross-silo: this worker's own data; the server holds none of it
-        examples = silo_examples(cfg, client)
-        task = task_of(cfg)  # the label set (classifiers) is the experiment's
+        examples = silo_examples(cfg, client, silo_data)
+        # The label set (classifiers) is the experiment's; a language model needs none, so a
+        # silo never needs the server's dataset to train one.
+        labels = task_of(cfg).labels if bench.kind == "seq-cls" else []
         data = encode(
             examples,
             bench.tokenizer,
             cfg.training.max_length,
             bench.kind,
-            task.labels,
+            labels,
             chat_template=cfg.data.chat_template,
         )
     t0 = time.perf_counter()

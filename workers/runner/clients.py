@@ -72,12 +72,13 @@ def _silo_examples(location: str, seed: int) -> list[Example]:
     return task.train + task.eval  # all of a silo's records train; the server evaluates
 
 
-def silo_examples(cfg: ExperimentConfig, client: int) -> list[Example]:
+def silo_examples(cfg: ExperimentConfig, client: int, location: str | None = None) -> list[Example]:
     """The training examples of a client pinned to a silo, read on that silo's worker from
-    the data path its settings hold (``FEDMOMENTUM_SILO_DATA``); the silo's file is split
-    among its clients by the config's partition. ValueError when this worker has none."""
+    the data path its settings hold (``FEDMOMENTUM_SILO_DATA``), or from ``location`` (a
+    token silo client's own file); the silo's file is split among its clients by the
+    config's partition. ValueError when this worker has none."""
     silo = cfg.silo_of(client)
-    held = get_settings().silo_data
+    held = get_settings().silo_data if location is None else {str(silo): location}
     if silo is None or silo not in held:
         raise ValueError(
             f"client {client} is pinned to silo {silo!r}, whose data this worker does not "
