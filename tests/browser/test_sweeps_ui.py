@@ -5,6 +5,10 @@ the offline report, the launcher on an experiment's page, delete."""
 
 from __future__ import annotations
 
+import os
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +18,7 @@ from playwright.sync_api import Page, expect
 from tests.browser.conftest import traces
 from tests.browser.test_dashboard import fill_tiny_form
 from tests.service.conftest import Service, tiny_config
+from tests.service.test_service import _children
 
 STRATEGIES = ["fedmomentum", "fedit"]  # the two compared (the catalog lists more)
 SEEDS, ROUNDS = 2, 2
@@ -99,6 +104,19 @@ def check_leaderboard(page: Page, sweep: dict[str, Any]) -> None:
         assert seen["links"] == [f"#/experiments/{ids[name]}" for name in names]
 
 
+@contextmanager
+def worker_paused(service: Service) -> Iterator[None]:
+    """The embedded worker stopped (SIGSTOP) for the block: runs of a warm worker take well
+    under a second, so without it a sweep can finish before its page first polls."""
+    assert service.api_proc is not None
+    (worker,) = _children(service.api_proc.popen.pid)
+    os.kill(worker, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(worker, signal.SIGCONT)
+
+
 def launch_from_form(page: Page, service: Service, artifacts: Path) -> str:
     """Compare strategies on the new-experiment form; the server's errors land under their
     fields first; returns the sweep's id."""
@@ -131,20 +149,21 @@ def launch_from_form(page: Page, service: Service, artifacts: Path) -> str:
 def test_compare_strategies_from_the_form_to_a_finished_leaderboard(
     page: Page, service: Service, artifacts: Path, tmp_path: Path
 ) -> None:
-    sweep_id = launch_from_form(page, service, artifacts)
-    spec = service.http.get(f"/sweeps/{sweep_id}").json()["spec"]
-    assert (spec["strategies"], spec["seeds"], spec["base"]["model"]) == (
-        STRATEGIES,
-        SEEDS,
-        "tiny-llama",
-    )
-    # Live: the leaderboard fills in while runs are still going, without a reload.
-    page.wait_for_function(
-        "document.querySelector('#leaderboard tbody tr')"
-        " && document.getElementById('app').dataset.live === 'polling'",
-        timeout=200_000,
-    )
+    with worker_paused(service):
+        sweep_id = launch_from_form(page, service, artifacts)
+        spec = service.http.get(f"/sweeps/{sweep_id}").json()["spec"]
+        assert (spec["strategies"], spec["seeds"], spec["base"]["model"]) == (
+            STRATEGIES,
+            SEEDS,
+            "tiny-llama",
+        )
+        # The page follows the sweep before any run has finished.
+        page.wait_for_selector("#app[data-live=polling]", timeout=60_000)
+        expect(page.locator("#sweep-progress")).to_have_text("0 / 4")
+        page.evaluate("window.sameDocument = true")
+    # Live: the runs finish and the leaderboard fills in without a reload.
     page.wait_for_selector("#app[data-live=finished]", timeout=400_000)
+    assert page.evaluate("window.sameDocument === true")
     sweep = service.http.get(f"/sweeps/{sweep_id}").json()
     assert (sweep["status"], sweep["n_experiments"]) == ("completed", SEEDS * len(STRATEGIES))
     expect(page.locator("#sweep-progress")).to_have_text("4 / 4")
