@@ -18,6 +18,7 @@ from fastapi import FastAPI
 from backend.api import api_router
 from backend.api.dashboard import mount_dashboard
 from backend.api.errors import install_error_handlers
+from backend.api.event_fanout import EventHub
 from backend.api.limits import BodySizeLimit, StreamSlots, database_slots
 from backend.core.settings import Settings, get_settings
 
@@ -66,6 +67,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings = settings or get_settings()
     app.state.event_slots = StreamSlots(settings.max_event_streams_per_client)
     app.state.db_slots = database_slots()
+    app.state.event_hub = EventHub(settings.database_url, app.state.db_slots)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     install_error_handlers(app)
     app.include_router(api_router, prefix=API_PREFIX)
