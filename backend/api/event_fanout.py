@@ -3,8 +3,9 @@
 The database stays the source of truth (any number of API processes, each with its own
 pollers). A poller starts with the first stream of an experiment and stops with the last:
 every ``POLL_S`` it reads the events after the newest it has seen, in one short session
-within one of the app's database slots, formats each event once and offers the batch to
-every stream's bounded queue without waiting.
+within one of the app's database slots, encodes each event once (fastapi.sse's wire format)
+and offers the batch to every stream's bounded queue without waiting. A stream writes a
+batch as one chunk: the cost of an open stream is per poll, not per event.
 
 A stream subscribes first, then replays the stored events after its id from the database,
 then takes the batches of its queue, skipping the ids it has already sent: the poller's
@@ -25,7 +26,7 @@ from typing import Any, TypeVar
 
 import anyio
 from fastapi.concurrency import run_in_threadpool
-from fastapi.sse import ServerSentEvent
+from fastapi.sse import KEEPALIVE_COMMENT, format_sse_event
 from sqlalchemy.orm import Session
 
 from backend.db.engine import get_engine
@@ -39,8 +40,9 @@ T = TypeVar("T")
 POLL_S = 0.25
 PAGE = 500  # events per read
 QUEUE_BATCHES = 64  # per stream: 16 s of lag at one batch per poll before it falls back
+KEEPALIVE_S = 15.0  # a comment on an idle stream, so that proxies keep it open
 
-Events = list[tuple[int, ServerSentEvent]]  # (id, the event as sent)
+Events = list[tuple[int, bytes]]  # (id, the event as sent)
 
 
 @dataclass(frozen=True)
@@ -66,7 +68,7 @@ def _read_events(url: str, experiment_id: str, after: int, pages: int) -> Batch:
             rows = events_after(session, experiment_id=experiment_id, after=after, limit=PAGE)
             for e in rows:
                 data = json.dumps(event_payload(e))
-                out.append((e.id, ServerSentEvent(id=str(e.id), event=e.type, raw_data=data)))
+                out.append((e.id, format_sse_event(data_str=data, event=e.type, id=str(e.id))))
             if len(rows) < PAGE:
                 break
             after = rows[-1].id
@@ -115,6 +117,7 @@ class EventHub:
         self.url = database_url
         self.db_slots = db_slots
         self.poll_s = POLL_S
+        self.keepalive_s = KEEPALIVE_S
         self.queue_batches = QUEUE_BATCHES
         self.fallbacks = 0  # streams that were dropped from the fan-out and replayed the gap
         self._pollers: dict[str, _Poller] = {}
@@ -129,26 +132,32 @@ class EventHub:
         async with self.db_slots:
             return await run_in_threadpool(fn, self.url, *args)
 
-    async def stream(self, experiment_id: str, after: int) -> AsyncIterator[ServerSentEvent]:
+    async def stream(self, experiment_id: str, after: int) -> AsyncIterator[bytes]:
         """The events after ``after``, then the new ones as they come, then ``end`` once the
-        experiment has finished (or is gone) and everything was sent."""
+        experiment has finished (or is gone) and everything was sent; chunks of SSE."""
         sub = await self._subscribe(experiment_id)
         try:
             while True:
                 while True:  # replay from the database until it has nothing newer
                     batch = await self.read(_read_events, experiment_id, after, 1)
-                    for after, event in batch.events:  # noqa: B007 - the last id sent
-                        yield event
+                    if batch.events:
+                        yield b"".join(event for _, event in batch.events)
+                        after = batch.events[-1][0]
                     if len(batch.events) < PAGE:
                         break
                 while batch.status in ACTIVE and not sub.dropped:
-                    batch = await sub.queue.get()
-                    for event_id, event in batch.events:
-                        if event_id > after:
-                            yield event
-                            after = event_id
+                    try:
+                        batch = await asyncio.wait_for(sub.queue.get(), self.keepalive_s)
+                    except TimeoutError:
+                        yield KEEPALIVE_COMMENT
+                        continue
+                    if new := [event for event_id, event in batch.events if event_id > after]:
+                        yield b"".join(new)
+                        after = batch.events[-1][0]
                 if batch.status not in ACTIVE:
-                    yield ServerSentEvent(event="end", data={"status": batch.status})
+                    yield format_sse_event(
+                        event="end", data_str=json.dumps({"status": batch.status})
+                    )
                     return
                 self.fallbacks += 1
                 sub.rejoin()

@@ -11,11 +11,12 @@ hold the limit in each of them.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import AsyncIterator
+from typing import Any
 
 import anyio
-from fastapi import HTTPException, Request
+from fastapi import HTTPException
 from fastapi.responses import JSONResponse
+from fastapi.sse import EventSourceResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 # Requests and event polls that use the database at once. It must stay below the worker
@@ -93,19 +94,29 @@ class StreamSlots:
             del self.open[client]
 
 
-async def event_stream_slot(request: Request) -> AsyncIterator[None]:
-    """A dependency holding one of the client's event-stream slots while its stream runs:
-    429 when none is free. It is given back when the request's dependencies close, after
-    the response, so a stream that ends, fails or loses its client always frees it."""
-    slots: StreamSlots = request.app.state.event_slots
-    client = request.client.host if request.client else "unknown"
-    if not slots.acquire(client):
-        detail = (
-            f"too many event streams: this client already has {slots.limit} open "
-            "(FEDMOMENTUM_MAX_EVENT_STREAMS_PER_CLIENT); close one and retry"
-        )
-        raise HTTPException(429, detail, headers={"Retry-After": "2"})
-    try:
-        yield
-    finally:
-        slots.release(client)
+class SlotEventSourceResponse(EventSourceResponse):
+    """An event stream that holds one of its client's slots while it runs: 429 when none is
+    free.
+
+    The slot is taken and given back inside the response call itself, so a stream that
+    ends, fails or loses its client always frees it.
+    """
+
+    def __init__(self, content: Any, *, slots: StreamSlots, **kwargs: Any) -> None:
+        super().__init__(content, **kwargs)
+        self.slots = slots
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        client = scope["client"][0] if scope.get("client") else "unknown"
+        if not self.slots.acquire(client):
+            detail = (
+                f"too many event streams: this client already has {self.slots.limit} open "
+                "(FEDMOMENTUM_MAX_EVENT_STREAMS_PER_CLIENT); close one and retry"
+            )
+            refusal = JSONResponse({"detail": detail}, 429, headers={"Retry-After": "2"})
+            await refusal(scope, receive, send)
+            return
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.slots.release(client)

@@ -13,7 +13,6 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
-from fastapi import routing
 from sqlalchemy.orm import Session
 
 from backend.api.app import create_app
@@ -261,12 +260,13 @@ def test_the_poller_stops_with_the_last_stream_of_its_experiment(settings, creat
     assert counts == [2, 2, 0]
 
 
-def test_an_idle_stream_gets_keep_alives(settings, create, monkeypatch):
-    monkeypatch.setattr(routing, "_PING_INTERVAL", 0.2)
+def test_an_idle_stream_gets_keep_alives(settings, create):
     experiment_id = create()["id"]
+    app = create_app(settings)
+    app.state.event_hub.keepalive_s = 0.2
 
     with (
-        serve(create_app(settings)) as url,
+        serve(app) as url,
         httpx.stream("GET", f"{url}{API}/{experiment_id}/events", timeout=TIMEOUT) as response,
     ):
         lines = []
@@ -286,7 +286,9 @@ def test_the_schema_lists_the_stream_as_text_event_stream(client):
     operation = spec["paths"]["/api/v1/experiments/{experiment_id}/events"]["get"]
     content = operation["responses"]["200"]["content"]
     assert list(content) == ["text/event-stream"]
-    assert set(content["text/event-stream"]["itemSchema"]["properties"]) >= {"id", "event", "data"}
+    item = content["text/event-stream"]["itemSchema"]
+    assert set(item["properties"]) == {"id", "event", "data", "retry"}
+    assert "round_finished" in item["properties"]["event"]["enum"]
     assert {"404", "429"} <= set(operation["responses"])
     assert {p["name"] for p in operation["parameters"]} == {
         "experiment_id",
