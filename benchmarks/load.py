@@ -290,9 +290,9 @@ async def _stream(http: httpx.AsyncClient, eid: str, ids: list[int], out: dict[s
             out["opened"] += 1
             rest = b""
             async for chunk in response.aiter_bytes():
-                *blocks, rest = (rest + chunk).split(b"\n\n")
-                for block in blocks:
-                    ids += map(int, EVENT_ID.findall(block))
+                done = (rest + chunk).rpartition(b"\n\n")  # whole events, the rest
+                ids += map(int, EVENT_ID.findall(done[0]))
+                rest = done[2]
         errors["events: stream ended early"] += 1  # the experiment runs throughout
     except httpx.HTTPError as e:
         errors[f"events: {type(e).__name__}"] += 1

@@ -147,7 +147,8 @@ class EventHub:
                         break
                 while batch.status in ACTIVE and not sub.dropped:
                     try:
-                        batch = await asyncio.wait_for(sub.queue.get(), self.keepalive_s)
+                        async with asyncio.timeout(self.keepalive_s):
+                            batch = await sub.queue.get()
                     except TimeoutError:
                         yield KEEPALIVE_COMMENT
                         continue
@@ -160,6 +161,9 @@ class EventHub:
                     )
                     return
                 self.fallbacks += 1
+                log.info(
+                    "a stream of %s fell behind: replaying from event %d", experiment_id, after
+                )
                 sub.rejoin()
         finally:
             self._unsubscribe(experiment_id, sub)
