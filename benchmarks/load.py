@@ -263,7 +263,9 @@ async def reads(url: str, eid: str, rate: float, duration: float, stats: Stats) 
     request due while MAX_IN_FLIGHT are still unanswered is not sent and counts as an error
     (the service is failing anyway; thousands queued in the client's pool would take minutes
     to cancel on the way out)."""
-    limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
+    # A connection for each request in flight: none waits in the client's pool, whose
+    # bookkeeping grows with the square of the requests queued there (CPU the service needs).
+    limits = httpx.Limits(max_connections=MAX_IN_FLIGHT, max_keepalive_connections=200)
     async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as http:
         loop = asyncio.get_running_loop()
         names = list(ENDPOINTS)
