@@ -148,6 +148,12 @@ def _signal_groups(pids: list[int], sig: int) -> None:
             os.killpg(pgid, sig)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def stop_tree(proc: subprocess.Popen[bytes]) -> None:
     """SIGTERM to the process group of ``proc`` and of each of its descendants (the worker
     starts its own session); SIGKILL to whatever is left after STOP_S."""
@@ -163,7 +169,8 @@ def stop_tree(proc: subprocess.Popen[bytes]) -> None:
 
 @contextmanager
 def service(tmp: str, settings: dict[str, str], keep_log: Path | None = None) -> Any:
-    """``fedmomentum up`` (API and its worker) on a free loopback port; yields the API URL."""
+    """``fedmomentum up`` (API and its worker) on a free loopback port; yields the API URL
+    and the API's process id."""
     port = _port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("FEDMOMENTUM_")}
     env.update(FEDMOMENTUM_DATA_DIR=f"{tmp}/data", HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
@@ -179,7 +186,7 @@ def service(tmp: str, settings: dict[str, str], keep_log: Path | None = None) ->
         url = f"http://127.0.0.1:{port}/api/v1"
         try:
             _wait(lambda: b" ready." in log_path.read_bytes() and _healthy(url), proc, log_path)
-            yield url
+            yield url, proc.pid
         finally:
             stop_tree(proc)
             if keep_log is not None:
@@ -428,6 +435,7 @@ def report(run: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
         "rounds_measured": [len(run["baseline_rounds"]), len(run["loaded_rounds"])],
         "round_time_ratio": round(loaded / base, 3) if base and loaded else None,
         "load_average": run["load_average"],
+        "api_cpu_cores": run["api_cpu"],  # CPU seconds of the API process per second of load
         "latency": [{k: _round(v) for k, v in r.items()} for r in rows],
     }
 
@@ -474,14 +482,17 @@ def main() -> int:
 
 
 def _run(tmp: str, settings: dict[str, str], args: argparse.Namespace) -> dict[str, Any]:
-    with service(tmp, settings, args.log) as url, experiment(url) as eid:
+    with service(tmp, settings, args.log) as (url, api_pid), experiment(url) as eid:
         start = time.time()
         time.sleep(args.baseline)
-        before = os.getloadavg()
+        before, cpu = os.getloadavg(), cpu_seconds(api_pid)
         run = load(url, eid, args)
+        window = run["window"][1] - run["window"][0]
+        run["api_cpu"] = round((cpu_seconds(api_pid) - cpu) / window, 2)
+        after = os.getloadavg()
         run["load_average"] = {
             "before": [round(x, 2) for x in before],
-            "after": [round(x, 2) for x in os.getloadavg()],
+            "after": [round(x, 2) for x in after],
         }
         run["status"] = httpx.get(f"{url}/experiments/{eid}", timeout=30).json()["status"]
         run["baseline_rounds"] = round_times(url, eid, start, run["window"][0])
@@ -506,7 +517,7 @@ def _print(r: dict[str, Any]) -> None:
     print(
         f"round time: {r['round_s_unloaded']} s unloaded, {r['round_s_loaded']} s loaded "
         f"(x{r['round_time_ratio']}; rounds {r['rounds_measured']}); "
-        f"load average {r['load_average']}"
+        f"load average {r['load_average']}; the API process used {r['api_cpu_cores']} cores"
     )
 
 
