@@ -40,6 +40,7 @@ T = TypeVar("T")
 POLL_S = 0.25
 PAGE = 500  # events per read
 QUEUE_BATCHES = 64  # per stream: 16 s of lag at one batch per poll before it falls back
+REPLAYS = 2  # pages of replay read at once
 KEEPALIVE_S = 15.0  # a comment on an idle stream, so that proxies keep it open
 
 Events = list[tuple[int, bytes]]  # (id, the event as sent)
@@ -119,6 +120,9 @@ class EventHub:
         self.poll_s = POLL_S
         self.keepalive_s = KEEPALIVE_S
         self.queue_batches = QUEUE_BATCHES
+        # Replays take at most this many of the database slots: when hundreds of streams
+        # (re)connect at once, requests still find free ones.
+        self.replays = anyio.Semaphore(REPLAYS)
         self.fallbacks = 0  # streams that were dropped from the fan-out and replayed the gap
         self._pollers: dict[str, _Poller] = {}
 
@@ -139,7 +143,8 @@ class EventHub:
         try:
             while True:
                 while True:  # replay from the database until it has nothing newer
-                    batch = await self.read(_read_events, experiment_id, after, 1)
+                    async with self.replays:
+                        batch = await self.read(_read_events, experiment_id, after, 1)
                     if batch.events:
                         yield b"".join(event for _, event in batch.events)
                         after = batch.events[-1][0]
