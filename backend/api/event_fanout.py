@@ -29,6 +29,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.sse import KEEPALIVE_COMMENT, format_sse_event
 from sqlalchemy.orm import Session
 
+from backend.api.limits import DB_CONCURRENCY
 from backend.db.engine import get_engine
 from backend.db.events import event_payload, events_after, last_event_id
 from backend.db.experiments import experiment_status
@@ -40,7 +41,7 @@ T = TypeVar("T")
 POLL_S = 0.25
 PAGE = 500  # events per read
 QUEUE_BATCHES = 64  # per stream: 16 s of lag at one batch per poll before it falls back
-REPLAYS = 2  # pages of replay read at once
+REPLAYS = DB_CONCURRENCY // 2  # pages of replay read at once
 KEEPALIVE_S = 15.0  # a comment on an idle stream, so that proxies keep it open
 
 Events = list[tuple[int, bytes]]  # (id, the event as sent)
