@@ -12,7 +12,12 @@ then takes the batches of its queue, skipping the ids it has already sent: the p
 starting point is read before the replay begins, so replay and fan-out overlap and nothing
 falls between them. A stream whose queue fills (its client reads too slowly) is dropped
 from the fan-out instead of holding the others back; once it has caught up with what it
-still holds, it replays from the database after its last id and joins again.
+still holds, it replays from the database after its last id and joins again. Replays use
+at most ``REPLAYS`` of the database slots at once, so that hundreds of streams (re)connecting
+together leave slots to the requests.
+
+A known limit, as before: the poller follows ids, so an event whose id was assigned before
+another's but committed after it (two concurrent writers on PostgreSQL) can be skipped.
 """
 
 from __future__ import annotations
