@@ -11,17 +11,29 @@ afterwards), waits until it trains, then for ``--duration`` seconds holds ``--ss
 event streams open (each from event 0: a replay, then live events) while sending ``--rate``
 requests per second, open loop (on schedule, never waiting for earlier answers), to the
 results endpoints the dashboard reads: metrics (client steps, evaluations), diagnostics and
-rounds. Reports errors (a non-200 answer, a failed request, a stream that did not open or
-ended early), latency percentiles per endpoint and the events the streams received. Every
-connection goes to 127.0.0.1; everything stops by itself.
+rounds. The streams run in a child process (their parsing does not delay the requests'
+clock). Reports errors (a non-200 answer, a failed request, a stream that did not open or
+ended early, events repeated, out of order or missing against the other streams), latency
+percentiles per endpoint, the events the streams received, and the experiment's round time
+during the load against the ``--baseline`` seconds before it (no load). Every connection
+goes to 127.0.0.1.
+
+Everything it starts stops on any exit (the end, an error, Ctrl-C, SIGTERM or SIGHUP from
+``timeout`` or a closed terminal): the experiment is cancelled, the service's process group
+and those of its descendants (the worker runs in its own session) get SIGTERM, then SIGKILL,
+the stream process ends, and the PostgreSQL schema is dropped. The service and the stream
+process also get SIGTERM from the kernel if this process is killed outright.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
 import json
+import multiprocessing as mp
 import os
+import re
 import signal
 import socket
 import statistics
@@ -31,7 +43,8 @@ import tempfile
 import time
 import uuid
 from collections import Counter, defaultdict
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +52,8 @@ import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_STREAMS_PER_CLIENT = 100  # Settings.max_event_streams_per_client
+STOP_S = 30.0  # SIGTERM to SIGKILL
+MAX_IN_FLIGHT = 400  # unanswered requests
 CONFIG: dict[str, Any] = {
     "name": "load",
     "model": "tiny-llama",
@@ -55,6 +70,22 @@ ENDPOINTS = {  # name -> path under the experiment, query
     "diagnostics": ("diagnostics", {"limit": 100}),
     "rounds": ("rounds", {}),
 }
+EVENT_ID = re.compile(rb"^id: (\d+)$", re.MULTILINE)
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGTERM or SIGHUP: unwinds like Ctrl-C, through every ``finally``."""
+
+
+def _on_signal(signum: int, _frame: Any) -> None:
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)  # the cleanup under way is not interrupted
+    raise Stopped(signal.Signals(signum).name)
+
+
+def _die_with_parent() -> None:
+    """In a child (Linux): SIGTERM when this process dies, even by SIGKILL."""
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def _port() -> int:
@@ -80,9 +111,66 @@ def _postgres_schema(url: str) -> Any:
         admin.dispose()
 
 
+def _descendants(pid: int) -> list[int]:
+    """Every live process below ``pid`` (from /proc)."""
+    children: dict[int, list[int]] = defaultdict(list)
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            children[int(fields[1])].append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def _state(pid: int) -> str | None:
+    """The process's state letter (Z: a zombie), None when it is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    return _state(pid) not in (None, "Z")
+
+
+def _signal_groups(pids: list[int], sig: int) -> None:
+    groups = set()
+    for pid in filter(_alive, pids):
+        with suppress(ProcessLookupError):
+            groups.add(os.getpgid(pid))
+    for pgid in groups:
+        with suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, sig)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def stop_tree(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM to the process group of ``proc`` and of each of its descendants (the worker
+    starts its own session); SIGKILL to whatever is left after STOP_S."""
+    tree = [proc.pid, *_descendants(proc.pid)]
+    _signal_groups(tree, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_S
+    while time.monotonic() < deadline and (proc.poll() is None or any(map(_alive, tree[1:]))):
+        time.sleep(0.2)
+    tree += [p for p in _descendants(proc.pid) if p not in tree]
+    _signal_groups(tree, signal.SIGKILL)
+    proc.wait()
+
+
 @contextmanager
 def service(tmp: str, settings: dict[str, str], keep_log: Path | None = None) -> Any:
-    """``fedmomentum up`` (API and its worker) on a free loopback port; yields the API URL."""
+    """``fedmomentum up`` (API and its worker) on a free loopback port; yields the API URL
+    and the API's process id."""
     port = _port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("FEDMOMENTUM_")}
     env.update(FEDMOMENTUM_DATA_DIR=f"{tmp}/data", HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
@@ -93,18 +181,14 @@ def service(tmp: str, settings: dict[str, str], keep_log: Path | None = None) ->
         proc = subprocess.Popen(
             [sys.executable, "-m", "backend.cli", "up", "--host", "127.0.0.1", "--port", str(port)],
             env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            preexec_fn=_die_with_parent,
         )  # fmt: skip
         url = f"http://127.0.0.1:{port}/api/v1"
         try:
             _wait(lambda: b" ready." in log_path.read_bytes() and _healthy(url), proc, log_path)
-            yield url
+            yield url, proc.pid
         finally:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+            stop_tree(proc)
             if keep_log is not None:
                 keep_log.write_bytes(log_path.read_bytes())
 
@@ -124,27 +208,47 @@ def _wait(done: Any, proc: subprocess.Popen[bytes], log: Path, timeout: float = 
         time.sleep(0.2)
 
 
-def start_experiment(url: str) -> str:
-    """Create the long experiment and wait until its first round has trained."""
+@contextmanager
+def experiment(url: str) -> Any:
+    """The long experiment, once its first round has trained; cancelled on the way out."""
     http = httpx.Client(base_url=url, timeout=30)
     response = http.post("/experiments", json=CONFIG)
     response.raise_for_status()
     eid = response.json()["id"]
-    deadline = time.monotonic() + 300
-    while http.get(f"/experiments/{eid}").json()["current_round"] < 1:
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"experiment {eid} did not finish a round in 300 s")
-        time.sleep(0.5)
-    return eid
+    try:
+        deadline = time.monotonic() + 300
+        while http.get(f"/experiments/{eid}").json()["current_round"] < 1:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"experiment {eid} did not finish a round in 300 s")
+            time.sleep(0.5)
+        yield eid
+    finally:
+        with suppress(httpx.HTTPError):
+            http.post(f"/experiments/{eid}/cancel")
+        http.close()
+
+
+def round_times(url: str, eid: str, start: float, end: float) -> list[float]:
+    """Seconds per round of the rounds that finished between two wall-clock times (each
+    from the previous round's finish)."""
+    rows: list[dict[str, Any]] = []
+    with httpx.Client(base_url=url, timeout=30) as http:
+        while True:
+            page = http.get(f"/experiments/{eid}/rounds", params={"offset": len(rows)}).json()
+            rows += page["data"]
+            if not page["data"] or len(rows) >= page["count"]:
+                break
+    done = sorted(
+        datetime.fromisoformat(r["finished_at"]).timestamp() for r in rows if r["finished_at"]
+    )
+    return [b - a for a, b in zip(done, done[1:], strict=False) if start <= b <= end]
 
 
 class Stats:
     def __init__(self) -> None:
         self.latency: dict[str, list[float]] = defaultdict(list)
         self.errors: Counter[str] = Counter()
-        self.events: list[int] = []
         self.sent = 0
-        self.opened = 0  # event streams answered 200
 
 
 async def _request(http: httpx.AsyncClient, name: str, eid: str, stats: Stats) -> None:
@@ -162,54 +266,136 @@ async def _request(http: httpx.AsyncClient, name: str, eid: str, stats: Stats) -
 
 
 async def reads(url: str, eid: str, rate: float, duration: float, stats: Stats) -> float:
-    """``rate`` requests per second for ``duration`` s, on schedule; the achieved rate."""
-    limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
+    """``rate`` requests per second for ``duration`` s, on schedule; the achieved rate. A
+    request due while MAX_IN_FLIGHT are still unanswered is not sent and counts as an error
+    (the service is failing anyway; thousands queued in the client's pool would take minutes
+    to cancel on the way out)."""
+    # A connection for each request in flight: none waits in the client's pool, whose
+    # bookkeeping grows with the square of the requests queued there (CPU the service needs).
+    limits = httpx.Limits(max_connections=MAX_IN_FLIGHT, max_keepalive_connections=200)
     async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as http:
         loop = asyncio.get_running_loop()
         names = list(ENDPOINTS)
         start = loop.time()
-        tasks = []
+        tasks: set[asyncio.Task[None]] = set()
         for i in range(int(rate * duration)):
             delay = start + i / rate - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(_request(http, names[i % len(names)], eid, stats)))
-        stats.sent = len(tasks)
+            if len(tasks) >= MAX_IN_FLIGHT:
+                stats.errors[f"not sent: {MAX_IN_FLIGHT} requests unanswered"] += 1
+                continue
+            task = asyncio.create_task(_request(http, names[i % len(names)], eid, stats))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+            stats.sent += 1
         sent_in = loop.time() - start
         await asyncio.gather(*tasks)
-    return stats.sent / sent_in
+    return int(rate * duration) / sent_in
 
 
-async def stream(http: httpx.AsyncClient, eid: str, stats: Stats) -> None:
-    """One event stream, held open until the benchmark cancels it; counts its events."""
-    events = 0
+# ---- the event streams (a child process) -------------------------------------------------------
+
+
+async def _stream(http: httpx.AsyncClient, eid: str, ids: list[int], out: dict[str, Any]) -> None:
+    """One event stream from event 0, held open until cancelled; the ids it received."""
+    errors: Counter[str] = out["errors"]
     try:
         async with http.stream("GET", f"/experiments/{eid}/events") as response:
             if response.status_code != 200:
-                stats.errors[f"events: HTTP {response.status_code}"] += 1
+                errors[f"events: HTTP {response.status_code}"] += 1
                 return
-            stats.opened += 1
-            async for line in response.aiter_lines():
-                if line.startswith("event: "):
-                    events += 1
-        stats.errors["events: stream ended early"] += 1  # the experiment runs throughout
+            out["opened"] += 1
+            rest = b""
+            async for chunk in response.aiter_bytes():
+                done = (rest + chunk).rpartition(b"\n\n")  # whole events, the rest
+                ids += map(int, EVENT_ID.findall(done[0]))
+                rest = done[2]
+        errors["events: stream ended early"] += 1  # the experiment runs throughout
     except httpx.HTTPError as e:
-        stats.errors[f"events: {type(e).__name__}"] += 1
-    finally:  # cancelled at the end of the load: the normal way out
-        stats.events.append(events)
+        errors[f"events: {type(e).__name__}"] += 1
 
 
-async def load(url: str, eid: str, args: argparse.Namespace) -> tuple[Stats, float]:
-    stats = Stats()
-    limits = httpx.Limits(max_connections=args.sse_clients + 10)
+async def _streams(url: str, eid: str, n: int, stop: Any, ready: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {"errors": Counter(), "opened": 0}
+    ids: list[list[int]] = [[] for _ in range(n)]
+    limits = httpx.Limits(max_connections=n + 10)
     timeout = httpx.Timeout(30, read=None)  # a quiet stream is not an error
     async with httpx.AsyncClient(base_url=url, timeout=timeout, limits=limits) as sse:
-        streams = [asyncio.create_task(stream(sse, eid, stats)) for _ in range(args.sse_clients)]
-        rate = await reads(url, eid, args.rate, args.duration, stats)
-        for task in streams:
+        tasks = [asyncio.create_task(_stream(sse, eid, ids[i], out)) for i in range(n)]
+        ready.set()
+        while not stop.is_set():
+            await asyncio.sleep(0.1)
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*streams, return_exceptions=True)
-    return stats, rate
+        await asyncio.gather(*tasks, return_exceptions=True)
+    out["events"] = [len(x) for x in ids]
+    out["errors"].update(_check_ids(ids))
+    return out
+
+
+def _check_ids(ids: list[list[int]]) -> Counter[str]:
+    """Each stream's ids strictly increasing, and the same as every other stream's up to
+    the last id all of them reached (of the streams that received any)."""
+    errors: Counter[str] = Counter()
+    errors["events: none received"] = sum(1 for x in ids if not x)
+    ids = [x for x in ids if x]
+    for x in ids:
+        if any(b <= a for a, b in zip(x, x[1:], strict=False)):
+            errors["events: repeated or out of order"] += 1
+    cutoff = min((x[-1] for x in ids), default=0)
+    union = sorted({i for x in ids for i in x if i <= cutoff})
+    errors["events: a stream missed some"] += sum(
+        1 for x in ids if [i for i in x if i <= cutoff] != union
+    )
+    return +errors
+
+
+def _streams_main(url: str, eid: str, n: int, stop: Any, ready: Any, results: Any) -> None:
+    _die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
+    out = asyncio.run(_streams(url, eid, n, stop, ready))
+    results.put({**out, "errors": dict(out["errors"])})
+
+
+@contextmanager
+def streams(url: str, eid: str, n: int) -> Any:
+    """``n`` event streams in a child process; yields a function that stops them and returns
+    what they received. The process ends on any way out."""
+    ctx = mp.get_context("spawn")
+    stop, ready, results = ctx.Event(), ctx.Event(), ctx.Queue()
+    proc = ctx.Process(target=_streams_main, args=(url, eid, n, stop, ready, results), daemon=True)
+    proc.start()
+
+    def finish() -> dict[str, Any]:
+        stop.set()
+        out: dict[str, Any] = results.get(timeout=120)
+        return out
+
+    try:
+        if not ready.wait(60):
+            raise RuntimeError("the stream process did not start")
+        yield finish
+    finally:
+        stop.set()
+        proc.join(10)
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+
+
+def load(url: str, eid: str, args: argparse.Namespace) -> dict[str, Any]:
+    stats = Stats()
+    with streams(url, eid, args.sse_clients) as finish:
+        start = time.time()
+        rate = asyncio.run(reads(url, eid, args.rate, args.duration, stats))
+        end = time.time()
+        sse = finish()
+    stats.errors.update(sse["errors"])
+    return {"stats": stats, "rate": rate, "sse": sse, "window": (start, end)}
+
+
+# ---- report ---------------------------------------------------------------------------------
 
 
 def _round(v: Any) -> Any:
@@ -220,33 +406,38 @@ def _ms(values: list[float], q: float) -> float:
     return 1000 * statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
 
 
-def report(stats: Stats, rate: float, args: argparse.Namespace, status: str) -> dict[str, Any]:
+def _median(values: list[float]) -> float | None:
+    return round(statistics.median(values), 2) if values else None
+
+
+def report(run: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    stats: Stats = run["stats"]
     everything = [x for v in stats.latency.values() for x in v]
     rows = [
         {"endpoint": name, "requests": len(v), "p50_ms": _ms(v, 50), "p95_ms": _ms(v, 95)}
-        for name, v in stats.latency.items()
+        for name, v in [*stats.latency.items(), ("all", everything)]
+        if len(v) > 1
     ]
-    rows.append(
-        {
-            "endpoint": "all",
-            "requests": len(everything),
-            "p50_ms": _ms(everything, 50),
-            "p95_ms": _ms(everything, 95),
-        }
-    )
+    base, loaded = _median(run["baseline_rounds"]), _median(run["loaded_rounds"])
     return {
         "mode": args.mode,
         "duration_s": args.duration,
         "rate_target": args.rate,
-        "rate_achieved": round(rate, 1),
+        "rate_achieved": round(run["rate"], 1),
         "requests_sent": stats.sent,
         "sse_clients": args.sse_clients,
-        "sse_streams_open": stats.opened,
-        "sse_events_total": sum(stats.events),
-        "sse_events_min_per_client": min(stats.events, default=0),
+        "sse_streams_open": run["sse"]["opened"],
+        "sse_events_total": sum(run["sse"]["events"]),
+        "sse_events_min_per_client": min(run["sse"]["events"], default=0),
         "errors": sum(stats.errors.values()),
         "error_kinds": dict(stats.errors),
-        "experiment_status_after": status,
+        "experiment_status_after": run["status"],
+        "round_s_unloaded": base,
+        "round_s_loaded": loaded,
+        "rounds_measured": [len(run["baseline_rounds"]), len(run["loaded_rounds"])],
+        "round_time_ratio": round(loaded / base, 3) if base and loaded else None,
+        "load_average": run["load_average"],
+        "api_cpu_cores": run["api_cpu"],  # CPU seconds of the API process per second of load
         "latency": [{k: _round(v) for k, v in r.items()} for r in rows],
     }
 
@@ -257,6 +448,7 @@ def main() -> int:
     )
     parser.add_argument("--mode", choices=("embedded", "redis"), default="embedded")
     parser.add_argument("--duration", type=float, default=30.0, help="seconds of load")
+    parser.add_argument("--baseline", type=float, default=20.0, help="seconds without load")
     parser.add_argument("--sse-clients", type=int, default=50)
     parser.add_argument("--rate", type=float, default=100.0, help="metrics requests per second")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
@@ -264,20 +456,26 @@ def main() -> int:
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--log", type=Path, help="keep the service's log in this file")
     args = parser.parse_args()
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _on_signal)
     settings: dict[str, str] = {}
     if args.sse_clients > DEFAULT_STREAMS_PER_CLIENT:
         # All the streams come from 127.0.0.1: raise the per-client limit to fit them.
         settings["max_event_streams_per_client"] = str(args.sse_clients)
         print(f"FEDMOMENTUM_MAX_EVENT_STREAMS_PER_CLIENT={args.sse_clients} for this run")
-    with tempfile.TemporaryDirectory() as tmp:
-        if args.mode == "redis":
-            prefix = f"fmload-{uuid.uuid4().hex[:8]}:"
-            settings |= {"broker_url": args.redis_url, "broker_key_prefix": prefix}
-            with _postgres_schema(args.postgres_url) as db_url:
-                settings["database_url"] = db_url.render_as_string(hide_password=False)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            if args.mode == "redis":
+                prefix = f"fmload-{uuid.uuid4().hex[:8]}:"
+                settings |= {"broker_url": args.redis_url, "broker_key_prefix": prefix}
+                with _postgres_schema(args.postgres_url) as db_url:
+                    settings["database_url"] = db_url.render_as_string(hide_password=False)
+                    result = _run(tmp, settings, args)
+            else:
                 result = _run(tmp, settings, args)
-        else:
-            result = _run(tmp, settings, args)
+    except (KeyboardInterrupt, Stopped) as e:
+        print(f"stopped ({type(e).__name__} {e}); everything it started is stopped")
+        return 130
     if args.json:
         print(json.dumps(result, indent=2))
     else:
@@ -286,12 +484,22 @@ def main() -> int:
 
 
 def _run(tmp: str, settings: dict[str, str], args: argparse.Namespace) -> dict[str, Any]:
-    with service(tmp, settings, args.log) as url:
-        eid = start_experiment(url)
-        stats, rate = asyncio.run(load(url, eid, args))
-        status = httpx.get(f"{url}/experiments/{eid}", timeout=30).json()["status"]
-        httpx.post(f"{url}/experiments/{eid}/cancel", timeout=30)
-    return report(stats, rate, args, status)
+    with service(tmp, settings, args.log) as (url, api_pid), experiment(url) as eid:
+        start = time.time()
+        time.sleep(args.baseline)
+        before, cpu = os.getloadavg(), cpu_seconds(api_pid)
+        run = load(url, eid, args)
+        window = run["window"][1] - run["window"][0]
+        run["api_cpu"] = round((cpu_seconds(api_pid) - cpu) / window, 2)
+        after = os.getloadavg()
+        run["load_average"] = {
+            "before": [round(x, 2) for x in before],
+            "after": [round(x, 2) for x in after],
+        }
+        run["status"] = httpx.get(f"{url}/experiments/{eid}", timeout=30).json()["status"]
+        run["baseline_rounds"] = round_times(url, eid, start, run["window"][0])
+        run["loaded_rounds"] = round_times(url, eid, *run["window"])
+    return report(run, args)
 
 
 def _print(r: dict[str, Any]) -> None:
@@ -307,6 +515,11 @@ def _print(r: dict[str, Any]) -> None:
         f"SSE: {r['sse_streams_open']} streams open, {r['sse_events_total']} events "
         f"(min {r['sse_events_min_per_client']} per client); errors: {r['errors']} "
         f"{r['error_kinds'] or ''}"
+    )
+    print(
+        f"round time: {r['round_s_unloaded']} s unloaded, {r['round_s_loaded']} s loaded "
+        f"(x{r['round_time_ratio']}; rounds {r['rounds_measured']}); "
+        f"load average {r['load_average']}; the API process used {r['api_cpu_cores']} cores"
     )
 
 

@@ -19,6 +19,7 @@ from starlette.types import ASGIApp
 from backend.api import TAGS, api_router, datasets, silo_router
 from backend.api.dashboard import mount_dashboard
 from backend.api.errors import install_error_handlers
+from backend.api.event_fanout import EventHub
 from backend.api.limits import BodyLimitDetail, StreamSlots, body_limit_settings, database_slots
 from backend.core.settings import Settings, get_settings
 
@@ -78,6 +79,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.event_slots = StreamSlots(settings.max_event_streams_per_client)
     app.state.db_slots = database_slots()
+    app.state.event_hub = EventHub(settings.database_url, app.state.db_slots)
     install_error_handlers(app)
     app.include_router(api_router, prefix=API_PREFIX)
     app.include_router(datasets.router, prefix=API_PREFIX, max_body_size=settings.max_dataset_bytes)

@@ -2,9 +2,10 @@
 how many requests and event polls use the database at once.
 
 All are per API process. Bodies need no coordination. Event streams are counted per client
-address in the process that holds them: each open stream costs that process one database
-poll every 0.25 s, so the process is the resource being protected; with several API processes
-behind a load balancer a client may hold the limit in each of them.
+address in the process that holds them: each open stream costs that process a connection,
+a queue and its share of the fan-out (backend.api.event_fanout), so the process is the
+resource being protected; with several API processes behind a load balancer a client may
+hold the limit in each of them.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from collections import Counter
 from typing import Any
 
 import anyio
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse
+from fastapi.sse import EventSourceResponse
 from starlette.middleware.body_limit import MAX_BODY_SIZE_SCOPE_KEY
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -115,8 +117,9 @@ class StreamSlots:
             del self.open[client]
 
 
-class SlotStreamingResponse(StreamingResponse):
-    """A stream that holds one of its client's slots while it runs: 429 when none is free.
+class SlotEventSourceResponse(EventSourceResponse):
+    """An event stream that holds one of its client's slots while it runs: 429 when none is
+    free.
 
     The slot is taken and given back inside the response call itself, so a stream that
     ends, fails or loses its client always frees it.

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from backend.db.models import Event
@@ -42,6 +42,12 @@ def events_after(
         .limit(limit)
     )
     return list(session.scalars(query))
+
+
+def last_event_id(session: Session, *, experiment_id: str) -> int:
+    """The id of the newest event of an experiment (0 when it has none)."""
+    query = select(func.max(Event.id)).where(Event.experiment_id == experiment_id)
+    return int(session.scalar(query) or 0)
 
 
 def event_payload(event: Event) -> dict[str, Any]:

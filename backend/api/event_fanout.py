@@ -1,0 +1,227 @@
+"""One poller per experiment per API process, fanning the new events out to every open stream.
+
+The database stays the source of truth (any number of API processes, each with its own
+pollers). A poller starts with the first stream of an experiment and stops with the last:
+every ``POLL_S`` it reads the events after the newest it has seen, in one short session
+within one of the app's database slots, encodes each event once (fastapi.sse's wire format)
+and offers the batch to every stream's bounded queue without waiting. A stream writes a
+batch as one chunk: the cost of an open stream is per poll, not per event.
+
+A stream subscribes first, then replays the stored events after its id from the database,
+then takes the batches of its queue, skipping the ids it has already sent: the poller's
+starting point is read before the replay begins, so replay and fan-out overlap and nothing
+falls between them. A stream whose queue fills (its client reads too slowly) is dropped
+from the fan-out instead of holding the others back; once it has caught up with what it
+still holds, it replays from the database after its last id and joins again. Replays use
+at most ``REPLAYS`` of the database slots at once, so that hundreds of streams (re)connecting
+together leave slots to the requests.
+
+A known limit, as before: the poller follows ids, so an event whose id was assigned before
+another's but committed after it (two concurrent writers on PostgreSQL) can be skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import anyio
+from fastapi.concurrency import run_in_threadpool
+from fastapi.sse import KEEPALIVE_COMMENT, format_sse_event
+from sqlalchemy.orm import Session
+
+from backend.api.limits import DB_CONCURRENCY
+from backend.db.engine import get_engine
+from backend.db.events import event_payload, events_after, last_event_id
+from backend.db.experiments import experiment_status
+from backend.db.models import ACTIVE
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+POLL_S = 0.25
+PAGE = 500  # events per read
+QUEUE_BATCHES = 64  # per stream: 16 s of lag at one batch per poll before it falls back
+REPLAYS = DB_CONCURRENCY // 2  # pages of replay read at once
+KEEPALIVE_S = 15.0  # a comment on an idle stream, so that proxies keep it open
+
+Events = list[tuple[int, bytes]]  # (id, the event as sent)
+
+
+@dataclass(frozen=True)
+class Batch:
+    """What one poll found: the new events, and the experiment's status read before them
+    (None: the experiment is gone)."""
+
+    events: Events
+    status: str | None
+
+
+def read_status(url: str, experiment_id: str) -> str | None:
+    with Session(get_engine(url)) as session:
+        return experiment_status(session, experiment_id=experiment_id)
+
+
+def _read_events(url: str, experiment_id: str, after: int, pages: int) -> Batch:
+    """The status, then up to ``pages`` pages of events after ``after``, formatted."""
+    out: Events = []
+    with Session(get_engine(url)) as session:
+        status = experiment_status(session, experiment_id=experiment_id)
+        for _ in range(pages if status is not None else 0):
+            rows = events_after(session, experiment_id=experiment_id, after=after, limit=PAGE)
+            for e in rows:
+                data = json.dumps(event_payload(e))
+                out.append((e.id, format_sse_event(data_str=data, event=e.type, id=str(e.id))))
+            if len(rows) < PAGE:
+                break
+            after = rows[-1].id
+    return Batch(out, status)
+
+
+def _baseline(url: str, experiment_id: str) -> tuple[int, str | None]:
+    with Session(get_engine(url)) as session:
+        status = experiment_status(session, experiment_id=experiment_id)
+        return last_event_id(session, experiment_id=experiment_id), status
+
+
+@dataclass(eq=False)
+class Subscription:
+    """One stream's place in the fan-out: a bounded queue of batches."""
+
+    queue: asyncio.Queue[Batch]
+    dropped: bool = False  # its queue was full: it must replay from the database
+
+    def offer(self, batch: Batch) -> None:
+        if self.dropped:
+            return
+        try:
+            self.queue.put_nowait(batch)
+        except asyncio.QueueFull:
+            self.dropped = True
+
+    def rejoin(self) -> None:
+        """Forget what is queued and take batches again (the caller replays the gap)."""
+        while not self.queue.empty():
+            self.queue.get_nowait()
+        self.dropped = False
+
+
+@dataclass(eq=False)
+class _Poller:
+    subscribers: set[Subscription] = field(default_factory=set)
+    ready: asyncio.Event = field(default_factory=asyncio.Event)  # its starting point is read
+    task: asyncio.Task[None] | None = None
+
+
+class EventHub:
+    """The pollers of one app (one API process)."""
+
+    def __init__(self, database_url: str, db_slots: anyio.Semaphore) -> None:
+        self.url = database_url
+        self.db_slots = db_slots
+        self.poll_s = POLL_S
+        self.keepalive_s = KEEPALIVE_S
+        self.queue_batches = QUEUE_BATCHES
+        # Replays take at most this many of the database slots: when hundreds of streams
+        # (re)connect at once, requests still find free ones.
+        self.replays = anyio.Semaphore(REPLAYS)
+        self.fallbacks = 0  # streams that were dropped from the fan-out and replayed the gap
+        self._pollers: dict[str, _Poller] = {}
+
+    @property
+    def active_pollers(self) -> int:
+        """Experiments polled by this process now (one per experiment with open streams)."""
+        return len(self._pollers)
+
+    async def read(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(database_url, *args)`` in a worker thread, within one database slot."""
+        async with self.db_slots:
+            return await run_in_threadpool(fn, self.url, *args)
+
+    async def stream(self, experiment_id: str, after: int) -> AsyncIterator[bytes]:
+        """The events after ``after``, then the new ones as they come, then ``end`` once the
+        experiment has finished (or is gone) and everything was sent; chunks of SSE."""
+        sub = await self._subscribe(experiment_id)
+        try:
+            while True:
+                while True:  # replay from the database until it has nothing newer
+                    async with self.replays:
+                        batch = await self.read(_read_events, experiment_id, after, 1)
+                    if batch.events:
+                        yield b"".join(event for _, event in batch.events)
+                        after = batch.events[-1][0]
+                    if len(batch.events) < PAGE:
+                        break
+                while batch.status in ACTIVE and not sub.dropped:
+                    try:
+                        async with asyncio.timeout(self.keepalive_s):
+                            batch = await sub.queue.get()
+                    except TimeoutError:
+                        yield KEEPALIVE_COMMENT
+                        continue
+                    if new := [event for event_id, event in batch.events if event_id > after]:
+                        yield b"".join(new)
+                        after = batch.events[-1][0]
+                if batch.status not in ACTIVE:
+                    yield format_sse_event(
+                        event="end", data_str=json.dumps({"status": batch.status})
+                    )
+                    return
+                self.fallbacks += 1
+                log.info(
+                    "a stream of %s fell behind: replaying from event %d", experiment_id, after
+                )
+                sub.rejoin()
+        finally:
+            self._unsubscribe(experiment_id, sub)
+
+    async def _subscribe(self, experiment_id: str) -> Subscription:
+        sub = Subscription(asyncio.Queue(self.queue_batches))
+        poller = self._pollers.get(experiment_id)
+        if poller is None:
+            poller = self._pollers[experiment_id] = _Poller()
+            poller.task = asyncio.create_task(self._poll(experiment_id, poller))
+        poller.subscribers.add(sub)
+        try:
+            await poller.ready.wait()
+        except BaseException:
+            self._unsubscribe(experiment_id, sub)
+            raise
+        return sub
+
+    def _unsubscribe(self, experiment_id: str, sub: Subscription) -> None:
+        poller = self._pollers.get(experiment_id)
+        if poller is None:
+            return
+        poller.subscribers.discard(sub)
+        if not poller.subscribers:
+            del self._pollers[experiment_id]
+            assert poller.task is not None
+            poller.task.cancel()
+
+    async def _poll(self, experiment_id: str, poller: _Poller) -> None:
+        after, status = await self._retrying(_baseline, experiment_id)
+        poller.ready.set()
+        while True:
+            await asyncio.sleep(self.poll_s)
+            batch = await self._retrying(_read_events, experiment_id, after, 10)
+            if not batch.events and batch.status == status:
+                continue
+            if batch.events:
+                after = batch.events[-1][0]
+            status = batch.status
+            for sub in list(poller.subscribers):
+                sub.offer(batch)
+
+    async def _retrying(self, fn: Callable[..., T], *args: Any) -> T:
+        """``read``, again every poll while the database fails (its streams wait)."""
+        while True:
+            try:
+                return await self.read(fn, *args)
+            except Exception:  # noqa: BLE001 - the database may be away: try again
+                log.exception("reading the events of %s failed; retrying", args[0])
+            await asyncio.sleep(self.poll_s)
