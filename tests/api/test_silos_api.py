@@ -370,8 +370,8 @@ def test_an_experiments_silos_list_each_client_with_its_newest_state(
     # client 0 retried (attempt 1: pending again), client 1's Celery worker reported
     silos.add_tasks(session, experiment_id=eid, round_num=0, attempt=1,
                     generation=exp.generation, clients={0: "a"})  # fmt: skip
-    results.record_client(session, experiment_id=eid, attempt=0,
-                          record={"round": 0, "client": 1, "ok": False, "error": "oom"})  # fmt: skip
+    oom = {"round": 0, "client": 1, "ok": False, "error": "oom"}
+    results.record_client(session, experiment_id=eid, attempt=0, record=oom)
     assert table()[0] == ("a", True, 0, 0, 1, "pending", None)
     assert table()[3] == ("c", False, 1, 0, 0, "failed", "oom")
 
