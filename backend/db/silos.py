@@ -203,7 +203,8 @@ def silent_tasks(session: Session, *, timeout_s: float) -> list[SiloTask]:
 @dataclass(frozen=True)
 class SiloClient:
     """A silo client's newest state in an experiment: its token-silo task, or for a Celery
-    silo its last attempt record (``sent`` while the current attempt has no result yet).
+    silo its last attempt record (``sent`` while the running experiment's current attempt
+    has no result for it yet).
     ``status`` is None before the client was first sampled."""
 
     silo: str
@@ -240,8 +241,9 @@ def silo_clients(
         .order_by(Round.round.desc())
         .limit(1)
     )
-    sent: set[int] = set()
-    if current is not None and current.status == "running":
+    exp = session.get(Experiment, experiment_id)
+    sent: set[int] = set()  # a stopped experiment's open round sends nothing any more
+    if current is not None and current.status == "running" and exp and exp.status in ACTIVE:
         key = (current.round, current.attempt)
         sent = {
             c

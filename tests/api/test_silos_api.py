@@ -374,6 +374,10 @@ def test_an_experiments_silos_list_each_client_with_its_newest_state(
     results.record_client(session, experiment_id=eid, attempt=0, record=oom)
     assert table()[0] == ("a", True, 0, 0, 1, "pending", None)
     assert table()[3] == ("c", False, 1, 0, 0, "failed", "oom")
+    results.start_round(session, experiment_id=eid, round_num=0, attempt=1, clients=[0, 1])
+    assert table()[3] == ("c", False, 1, 0, 1, "sent", None)  # its retry
+    assert client.post(f"{API}/experiments/{eid}/cancel", headers=auth(ADMIN)).status_code == 200
+    assert table()[3] == ("c", False, 1, 0, 0, "failed", "oom")  # nothing is sent any more
 
     plain = client.post(f"{API}/experiments", json=make_config(), headers=auth(ADMIN)).json()
     none = client.get(f"{API}/experiments/{plain['id']}/silos", headers=auth(ADMIN))
