@@ -58,7 +58,9 @@ def without_seen(rows: list[dict[str, str]]) -> list[dict[str, str]]:
     return [{k: v for k, v in r.items() if k != "seen"} for r in rows]
 
 
-def test_the_silos_section_lists_each_silo_client_live(page: Page, tmp_path: Path) -> None:
+def test_the_silos_section_lists_each_silo_client_live(
+    page: Page, tmp_path: Path, artifacts: Path
+) -> None:
     service = Service(tmp_path, _env(tmp_path, reconcile_interval_s="0"))  # nothing re-sent
     try:
         service.api()
@@ -111,6 +113,7 @@ def test_the_silos_section_lists_each_silo_client_live(page: Page, tmp_path: Pat
         expect(row).to_have_text("claimed", timeout=15_000)
         expect(page.locator('#silos tr[data-silo="hospital-b"] .state')).to_have_text("claimed")
         assert without_seen(page_rows(page)) == api_rows(service, eid)
+        page.locator("#silos").screenshot(path=artifacts / "dashboard-silos.png")
 
         page.goto(f"{service.url}/#/experiments/{plain['id']}")  # no silos: no section
         expect(page.locator("#run-head h1")).to_have_text(plain["name"])
