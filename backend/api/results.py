@@ -1,5 +1,5 @@
-"""What an experiment produced: rounds, client attempts, metrics, diagnostics, its manifest
-and what its export holds."""
+"""What an experiment produced: rounds, client attempts, its silo clients' state, metrics,
+diagnostics, its manifest and what its export holds."""
 
 from __future__ import annotations
 
@@ -15,13 +15,17 @@ from backend.api.schemas import (
     AttemptsPublic,
     DiagnosticPublic,
     DiagnosticsPublic,
+    ExperimentSiloPublic,
+    ExperimentSilosPublic,
     MetricPublic,
     MetricsPublic,
     RoundPublic,
     RoundsPublic,
+    SiloClientPublic,
 )
+from backend.core.config import ExperimentConfig
 from backend.core.runs import read_export_info, read_manifest
-from backend.db import metrics, results
+from backend.db import metrics, results, silos
 from backend.db.models import METRIC_KINDS
 
 router = APIRouter(
@@ -61,6 +65,28 @@ def list_attempts(
         session, experiment_id=experiment.id, ok=ok, offset=offset, limit=limit
     )
     return AttemptsPublic(data=[AttemptPublic.model_validate(r) for r in rows], count=count)
+
+
+@router.get("/silos", response_model=ExperimentSilosPublic)
+def list_experiment_silos(session: SessionDep, experiment: ExperimentDep) -> ExperimentSilosPublic:
+    """The experiment's silos (``federation.silos``) by name, each client with its newest
+    state; none for an experiment without silos."""
+    fed = ExperimentConfig.model_validate(experiment.config).federation
+    rows = silos.silo_clients(
+        session,
+        experiment_id=experiment.id,
+        silos=fed.silos or {},
+        token_silos=fed.token_silos or [],
+    )
+    data = [
+        ExperimentSiloPublic(
+            name=name,
+            token=name in (fed.token_silos or []),
+            clients=[SiloClientPublic.model_validate(r) for r in rows if r.silo == name],
+        )
+        for name in sorted(fed.silos or {})
+    ]
+    return ExperimentSilosPublic(data=data, count=len(data))
 
 
 @router.get("/metrics", response_model=MetricsPublic)

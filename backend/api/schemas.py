@@ -265,6 +265,33 @@ class SilosPublic(BaseModel):
     count: int
 
 
+class SiloClientPublic(BaseModel):
+    """A silo client's newest state: ``pending``, ``claimed`` (training), ``done`` or
+    ``failed`` for a token silo's task; ``sent`` (to the silo's queue), ``done`` or
+    ``failed`` for a Celery silo; null before the client was first sampled."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    client: int
+    round: int | None
+    attempt: int | None
+    status: Literal["pending", "claimed", "sent", "done", "failed"] | None
+    seen_at: datetime | None = Field(description="the token silo's last word on the task")
+    error: str | None
+
+
+class ExperimentSiloPublic(BaseModel):
+    name: str
+    token: bool = Field(description="a token silo (`fedmomentum silo-client`), else a Celery "
+                        "silo worker")  # fmt: skip
+    clients: list[SiloClientPublic]
+
+
+class ExperimentSilosPublic(BaseModel):
+    data: list[ExperimentSiloPublic]
+    count: int
+
+
 class SiloTaskPublic(BaseModel):
     """A training task handed to a silo: what its client needs to train and upload."""
 

@@ -14,13 +14,14 @@ import hashlib
 import hmac
 import secrets
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from backend.db.engine import dialect_insert, page
-from backend.db.models import ACTIVE, Experiment, Silo, SiloTask, utcnow
+from backend.db.models import ACTIVE, ClientUpdate, Experiment, Round, Silo, SiloTask, utcnow
 
 TOKEN_PREFIX = "fms_"  # tells a silo token from the API token at a glance
 
@@ -197,3 +198,77 @@ def silent_tasks(session: Session, *, timeout_s: float) -> list[SiloTask]:
         .where(or_(claimed, pending))
     )
     return list(session.scalars(query.order_by(SiloTask.id)))
+
+
+@dataclass(frozen=True)
+class SiloClient:
+    """A silo client's newest state in an experiment: its token-silo task, or for a Celery
+    silo its last attempt record (``sent`` while the running experiment's current attempt
+    has no result for it yet).
+    ``status`` is None before the client was first sampled."""
+
+    silo: str
+    token: bool
+    client: int
+    round: int | None = None
+    attempt: int | None = None
+    status: str | None = None
+    seen_at: datetime | None = None
+    error: str | None = None
+
+
+def silo_clients(
+    session: Session, *, experiment_id: str, silos: Mapping[str, list[int]], token_silos: list[str]
+) -> list[SiloClient]:
+    """Every client of ``silos`` (silo name -> its clients) by silo and client, with its
+    newest state."""
+    newest = (
+        select(func.max(SiloTask.id))
+        .where(SiloTask.experiment_id == experiment_id)
+        .group_by(SiloTask.client)
+    )
+    tasks = {t.client: t for t in session.scalars(select(SiloTask).where(SiloTask.id.in_(newest)))}
+    celery = [c for s, cs in silos.items() if s not in token_silos for c in cs]
+    updates = session.scalars(
+        select(ClientUpdate)
+        .where(ClientUpdate.experiment_id == experiment_id, ClientUpdate.client.in_(celery))
+        .order_by(ClientUpdate.round, ClientUpdate.attempt)
+    )
+    last = {u.client: u for u in updates}  # the newest attempt record wins
+    current = session.scalar(
+        select(Round)
+        .where(Round.experiment_id == experiment_id)
+        .order_by(Round.round.desc())
+        .limit(1)
+    )
+    exp = session.get(Experiment, experiment_id)
+    sent: set[int] = set()  # a stopped experiment's open round sends nothing any more
+    if current is not None and current.status == "running" and exp and exp.status in ACTIVE:
+        key = (current.round, current.attempt)
+        sent = {
+            c
+            for c in current.clients or []
+            if c in celery and (c not in last or _key(last[c]) < key)
+        }
+    rows: list[SiloClient] = []
+    for silo in sorted(silos):
+        token = silo in token_silos
+        for client in sorted(silos[silo]):
+            task, update = tasks.get(client), last.get(client)
+            if token and task is not None:
+                rows.append(SiloClient(silo, token, client, task.round, task.attempt,
+                                       task.status, task.seen_at, task.error))  # fmt: skip
+            elif not token and client in sent and current is not None:
+                rows.append(SiloClient(silo, token, client, current.round, current.attempt,
+                                       "sent"))  # fmt: skip
+            elif not token and update is not None:
+                status = "done" if update.ok else "failed"
+                rows.append(SiloClient(silo, token, client, update.round, update.attempt,
+                                       status, None, update.error))  # fmt: skip
+            else:
+                rows.append(SiloClient(silo, token, client))
+    return rows
+
+
+def _key(update: ClientUpdate) -> tuple[int, int]:
+    return update.round, update.attempt

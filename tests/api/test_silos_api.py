@@ -180,6 +180,7 @@ def test_each_silo_token_reaches_only_its_own_tasks(
             ("GET", f"{API}/experiments"),
             ("GET", f"{API}/experiments/{round0['id']}"),
             ("GET", f"{API}/experiments/{round0['id']}/download"),
+            ("GET", f"{API}/experiments/{round0['id']}/silos"),
             ("POST", f"{API}/experiments/{round0['id']}/cancel"),
             ("GET", f"{API}/silos"),
         ):
@@ -307,3 +308,79 @@ def test_an_attempt_waits_only_for_clients_without_a_success_and_aggregates_once
     assert complete()
     assert not complete()  # once per generation and attempt
     assert aggregations_sent(settings) == before + 1
+
+
+def test_an_experiments_silos_list_each_client_with_its_newest_state(
+    client: TestClient, session: Session, make_config: Callable[..., Any]
+) -> None:
+    fed = {"num_clients": 5, "clients_per_round": 4, "rounds": 2,
+           "silos": {"b": [3], "a": [2, 0], "c": [1]}, "token_silos": ["a", "b"]}  # fmt: skip
+    tokens = {"a": issue(client, "a"), "b": issue(client, "b")}
+    created = client.post(f"{API}/experiments", json=make_config(federation=fed),
+                          headers=auth(ADMIN))  # fmt: skip
+    assert created.status_code == 201, created.text
+    eid = created.json()["id"]
+    exp = session.get(Experiment, eid)
+    assert exp is not None
+    url = f"{API}/experiments/{eid}/silos"
+
+    def read() -> dict[str, Any]:
+        answer = client.get(url, headers=auth(ADMIN))
+        assert answer.status_code == 200, answer.text
+        return dict(answer.json())
+
+    def table() -> list[tuple[Any, ...]]:
+        return [
+            (s["name"], s["token"], c["client"], c["round"], c["attempt"], c["status"], c["error"])
+            for s in read()["data"]
+            for c in s["clients"]
+        ]
+
+    assert table() == [  # nothing sampled yet
+        ("a", True, 0, None, None, None, None),
+        ("a", True, 2, None, None, None, None),
+        ("b", True, 3, None, None, None, None),
+        ("c", False, 1, None, None, None, None),
+    ]
+    results.start_round(session, experiment_id=eid, round_num=0, attempt=0, clients=[0, 1, 2, 3])
+    silos.add_tasks(session, experiment_id=eid, round_num=0, attempt=0,
+                    generation=exp.generation, clients={0: "a", 2: "a", 3: "b"})  # fmt: skip
+    first = claim(client, tokens["a"])  # client 0
+    failed = client.post(f"{API}/silo/tasks/{first['id']}/failure", json={"reason": "bad data"},
+                         headers=auth(tokens["a"]))  # fmt: skip
+    assert failed.status_code == 200, failed.text
+    second = claim(client, tokens["a"])  # client 2, training
+    words = client.post(f"{API}/silo/tasks/{second['id']}/progress", json={"steps": []},
+                        headers=auth(tokens["a"]))  # fmt: skip
+    assert words.status_code == 200
+    third = claim(client, tokens["b"])  # client 3
+    task = session.get(SiloTask, third["id"])
+    assert task is not None and silos.close_task(session, task=task, ok=True)
+    assert table() == [
+        ("a", True, 0, 0, 0, "failed", "silo 'a': bad data"),
+        ("a", True, 2, 0, 0, "claimed", None),
+        ("b", True, 3, 0, 0, "done", None),
+        ("c", False, 1, 0, 0, "sent", None),  # on the silo's Celery queue, no result yet
+    ]
+    seen = {c["client"]: c["seen_at"] for s in read()["data"] for c in s["clients"]}
+    task = session.get(SiloTask, second["id"])
+    assert task is not None and task.seen_at is not None
+    assert seen[2] is not None and seen[2].startswith(task.seen_at.isoformat()[:19])
+
+    # client 0 retried (attempt 1: pending again), client 1's Celery worker reported
+    silos.add_tasks(session, experiment_id=eid, round_num=0, attempt=1,
+                    generation=exp.generation, clients={0: "a"})  # fmt: skip
+    oom = {"round": 0, "client": 1, "ok": False, "error": "oom"}
+    results.record_client(session, experiment_id=eid, attempt=0, record=oom)
+    assert table()[0] == ("a", True, 0, 0, 1, "pending", None)
+    assert table()[3] == ("c", False, 1, 0, 0, "failed", "oom")
+    results.start_round(session, experiment_id=eid, round_num=0, attempt=1, clients=[0, 1])
+    assert table()[3] == ("c", False, 1, 0, 1, "sent", None)  # its retry
+    assert client.post(f"{API}/experiments/{eid}/cancel", headers=auth(ADMIN)).status_code == 200
+    assert table()[3] == ("c", False, 1, 0, 0, "failed", "oom")  # nothing is sent any more
+
+    plain = client.post(f"{API}/experiments", json=make_config(), headers=auth(ADMIN)).json()
+    none = client.get(f"{API}/experiments/{plain['id']}/silos", headers=auth(ADMIN))
+    assert none.json() == {"data": [], "count": 0}
+    assert client.get(f"{API}/experiments/nope/silos", headers=auth(ADMIN)).status_code == 404
+    assert client.get(url).status_code == 401  # reads need the API token on this server

@@ -1,12 +1,16 @@
 // One experiment, live while it runs: header, actions and downloads, the run view (charts,
-// rounds, config, manifest) fed by the experiment's event stream.
+// rounds, config, manifest) fed by the experiment's event stream; its silo clients' state,
+// refetched on the stream's client events and polled while it runs (a claim sends none).
 import { api, API, follow } from "api";
 import { fill, h, isActive } from "dom";
 import { applyEvent, newRun } from "run-state";
 import { sweepLauncher } from "./launch-sweep.js";
 import { roundsTable, runCharts, runDetails, runHeader } from "runview";
+import { hasSilos, siloRows, stateCounts } from "silos";
 
 const REDRAW_MS = 250; // at most four redraws a second, however fast events come
+const SILOS_MS = 2000; // silo clients refetched at most every 2 s on events, polled as often
+const SILO_EVENTS = new Set(["round_started", "client_progress", "client_finished", "status"]);
 
 export function render(app, { id }) {
   let stop = null;
@@ -24,6 +28,8 @@ export function render(app, { id }) {
   const charts = h("div.charts");
   const rounds = h("section.card#rounds");
   const details = h("div#details");
+  const silos = h("section.card#silos", { hidden: true });
+  let silosTimer = null;
   const base = `${API}/experiments/${encodeURIComponent(id)}`;
   let run = null;
   let update = () => {};
@@ -72,6 +78,32 @@ export function render(app, { id }) {
   }
   const schedule = () => { timer ??= setTimeout(redraw, REDRAW_MS); };
 
+  async function loadSilos() {
+    silosTimer = null;
+    try {
+      const answer = await api(`/experiments/${encodeURIComponent(id)}/silos`);
+      if (!alive) return;
+      const rows = siloRows(answer, Date.now());
+      fill(silos, h("h3", {}, "Silos"),
+        h("p.help#silo-counts", {}, stateCounts(rows).map(([s, n]) => `${n} ${s}`).join(" · ")),
+        h("div.table-wrap", h("table.silos", {},
+          h("thead", h("tr", ["Silo", "Client", "Round", "State", "Last seen", "Error"].map((t) => h("th", {}, t)))),
+          h("tbody", rows.map((r) => h("tr", { dataset: { silo: r.silo, client: String(r.client) } },
+            h("td.silo", {}, r.silo, " ", h("span.help.silo-kind", { title: r.kind === "token"
+              ? "token silo: trains on fedmomentum silo-client" : "Celery silo worker" }, r.kind)),
+            h("td.num.client", {}, r.client),
+            h("td.num.round", { title: r.attempt ? `retry ${r.attempt}` : null }, r.round),
+            h("td.state", {}, h(`span.badge.silo-${r.state.replace(/ /g, "-")}`, {}, r.state)),
+            h("td.seen", {}, r.lastSeen),
+            h("td.error", {}, r.error)))))));
+      silos.hidden = false;
+    } catch { /* the stream's reconnecting banner says the server is away */ }
+    if (alive && isActive(run.experiment.status)) silosTimer ??= setTimeout(loadSilos, SILOS_MS);
+  }
+  const scheduleSilos = () => {
+    if (hasSilos(run.experiment.config)) silosTimer ??= setTimeout(loadSilos, SILOS_MS);
+  };
+
   async function refresh() { // the experiment row: progress, best accuracy, error, times
     try {
       const exp = await api(`/experiments/${encodeURIComponent(id)}`);
@@ -111,26 +143,28 @@ export function render(app, { id }) {
     if (!alive) return;
     run = newRun(exp);
     const launcher = sweepLauncher({ strategies: catalog.strategies, base: () => run.experiment.config });
-    fill(app, head, h("div.toolbar", actions), banner, live, downloads, charts, rounds, details, launcher);
+    fill(app, head, h("div.toolbar", actions), banner, live, silos, downloads, charts, rounds, details, launcher);
     drawHead();
     fill(details, runDetails(exp, null));
     update = runCharts(charts, run, { live: isActive(exp.status) });
     refresh();
+    if (hasSilos(exp.config)) loadSilos();
     stop = follow(id, {
       onEvent(type, data, eventId) {
         applyEvent(run, type, data, eventId);
         if (type === "status" || type === "round_finished") refresh();
+        if (SILO_EVENTS.has(type)) scheduleSilos();
         schedule();
       },
       onState(state) {
         banner.hidden = state !== "reconnecting";
         app.dataset.stream = state;
-        if (state === "ended") { refresh(); schedule(); }
+        if (state === "ended") { refresh(); schedule(); scheduleSilos(); }
       },
     });
   })();
 
-  return () => { alive = false; stop?.(); clearTimeout(timer); };
+  return () => { alive = false; stop?.(); clearTimeout(timer); clearTimeout(silosTimer); };
 }
 
 /** "rank r, error e" beside the rank-N adapter's download: how far the single plain adapter
