@@ -90,8 +90,9 @@ def test_every_list_endpoint_has_a_bounded_limit(client, create):
     spec = client.get("/api/v1/openapi.json").json()
     paths = _list_operations(client)
 
-    # experiments, sweeps, datasets, rounds, attempts, metrics, diagnostics, silos
-    assert len(paths) == 8
+    # experiments, sweeps, datasets, rounds, attempts, metrics, diagnostics, silos, and an
+    # experiment's silo clients
+    assert len(paths) == 9
     for path in paths:
         params = {p["name"]: p for p in spec["paths"][path]["get"]["parameters"]}
         assert params["limit"]["schema"]["maximum"] == MAX_LIMIT, path
