@@ -68,14 +68,18 @@ def list_attempts(
 
 
 @router.get("/silos", response_model=ExperimentSilosPublic)
-def list_experiment_silos(session: SessionDep, experiment: ExperimentDep) -> ExperimentSilosPublic:
+def list_experiment_silos(
+    session: SessionDep, experiment: ExperimentDep, offset: OffsetDep = 0, limit: LimitDep = 500
+) -> ExperimentSilosPublic:
     """The experiment's silos (``federation.silos``) by name, each client with its newest
-    state; none for an experiment without silos."""
+    state, paginated by silo; none for an experiment without silos."""
     fed = ExperimentConfig.model_validate(experiment.config).federation
+    every = fed.silos or {}
+    names = sorted(every)[offset : offset + limit]
     rows = silos.silo_clients(
         session,
         experiment_id=experiment.id,
-        silos=fed.silos or {},
+        silos={name: every[name] for name in names},
         token_silos=fed.token_silos or [],
     )
     data = [
@@ -84,9 +88,9 @@ def list_experiment_silos(session: SessionDep, experiment: ExperimentDep) -> Exp
             token=name in (fed.token_silos or []),
             clients=[SiloClientPublic.model_validate(r) for r in rows if r.silo == name],
         )
-        for name in sorted(fed.silos or {})
+        for name in names
     ]
-    return ExperimentSilosPublic(data=data, count=len(data))
+    return ExperimentSilosPublic(data=data, count=len(every))
 
 
 @router.get("/metrics", response_model=MetricsPublic)
