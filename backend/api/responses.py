@@ -16,6 +16,7 @@ class Problem(BaseModel):
 
 
 _ERRORS: dict[int, dict[str, Any]] = {
+    400: {"model": Problem, "description": "the request body was cut off before its end"},
     401: {
         "model": Problem,
         "description": "no or a wrong API token: send `Authorization: Bearer <token>` "

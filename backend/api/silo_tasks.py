@@ -20,6 +20,7 @@ import anyio
 from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 from fastapi.responses import JSONResponse, StreamingResponse
 from sqlalchemy.orm import Session
+from starlette.requests import ClientDisconnect
 
 from backend.api.deps import SessionDep, SettingsDep, SiloDep
 from backend.api.responses import errors
@@ -279,7 +280,7 @@ def _n_examples(file: Path) -> int:
 @router.post(
     "/tasks/{task_id}/update",
     response_model=SiloUploadResult,
-    responses=errors(404, 409, 413),
+    responses=errors(400, 404, 409, 413),
     openapi_extra={"requestBody": {"content": {"application/octet-stream": {}}, "required": True}},
 )
 async def upload(
@@ -294,9 +295,12 @@ async def upload(
     FEDMOMENTUM_MAX_UPLOAD_BYTES); ``accepted: false`` for a task uploaded before."""
     with tempfile.TemporaryDirectory(prefix="fm-upload-") as folder:
         file = Path(folder) / "update.safetensors"
-        with file.open("wb") as out:
-            async for chunk in request.stream():
-                out.write(chunk)
+        try:
+            with file.open("wb") as out:
+                async for chunk in request.stream():
+                    out.write(chunk)
+        except ClientDisconnect:  # the silo client died mid-upload: nothing is kept
+            raise HTTPException(400, "update: the upload was cut off") from None
         async with request.app.state.db_slots:
             return await anyio.to_thread.run_sync(
                 _accept, settings, silo, task_id, file, seconds, compute_seconds

@@ -232,6 +232,58 @@ def test_a_retried_upload_counts_once_and_the_last_client_sends_the_aggregation(
     assert paths.store.read_bytes(paths.upload(0, 2)) == update
 
 
+def _cut_upload(client: TestClient, url: str, token: str, body: bytes) -> None:
+    """Send half of ``body`` to the app, then the client is gone (ASGI ``http.disconnect``),
+    as when a silo client is killed in the middle of its upload."""
+    messages = [
+        {"type": "http.request", "body": body[: len(body) // 2], "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+        "scheme": "http", "path": url, "raw_path": url.encode(), "query_string": b"",
+        "root_path": "", "client": ("127.0.0.1", 1), "server": ("testserver", 80),
+        "headers": [(b"host", b"testserver"), (b"authorization", f"Bearer {token}".encode()),
+                    (b"content-length", str(len(body)).encode())],
+    }  # fmt: skip
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    async def call() -> None:
+        await client.app(scope, receive, send)  # type: ignore[arg-type]
+
+    assert client.portal is not None
+    client.portal.call(call)
+    started = [m for m in sent if m["type"] == "http.response.start"]
+    assert [m["status"] for m in started] == [400], sent  # refused, never taken as an upload
+
+
+def test_an_upload_cut_off_midway_stores_nothing_and_its_retry_counts_once(
+    client: TestClient, session: Session, settings: Settings, round0: dict[str, Any]
+) -> None:
+    task = claim(client, round0["a"])
+    url = f"{API}/silo/tasks/{task['id']}/update"
+    update = safetensors_bytes(ADAPTER, {"n_examples": "5"})
+    paths = RunPaths(settings.runs_store().sub(round0["id"]))
+
+    _cut_upload(client, url, round0["a"], update)
+
+    assert not paths.store.exists(paths.upload(0, 2))
+    rows = session.scalars(select(ClientUpdate).where(ClientUpdate.experiment_id == round0["id"]))
+    assert rows.all() == []
+    # The restarted client uploads again: taken once, whole.
+    retry = client.post(url, content=update, headers=auth(round0["a"]))
+    assert retry.json() == {"accepted": True, "n_examples": 5}, retry.text
+    assert paths.store.read_bytes(paths.upload(0, 2)) == update
+    again = client.post(url, content=update, headers=auth(round0["a"]))
+    assert again.json() == {"accepted": False, "n_examples": 5}
+
+
 def test_an_upload_that_is_no_safetensors_file_is_refused_naming_the_problem(
     client: TestClient, round0: dict[str, Any]
 ) -> None:
