@@ -203,16 +203,7 @@ def failure(
     task = _task(session, silo, task_id)
     _live(session, task)
     error = f"silo {silo!r}: {body.reason}"
-    if silos.close_task(session, task=task, ok=False, error=error):
-        record = {"round": task.round, "client": task.client, "ok": False, "error": error}
-        lifecycle.client_finished(
-            settings,
-            session,
-            experiment_id=task.experiment_id,
-            attempt=task.attempt,
-            generation=task.generation,
-            record=record,
-        )
+    lifecycle.fail_silo_task(settings, session, task=task, error=error)
     return {"status": task.status}
 
 

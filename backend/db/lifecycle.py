@@ -21,7 +21,15 @@ from backend.core.settings import Settings
 from backend.db import results, silos
 from backend.db.engine import get_engine
 from backend.db.events import add_event
-from backend.db.models import ACTIVE, ClientUpdate, Experiment, ExperimentStatus, Round, utcnow
+from backend.db.models import (
+    ACTIVE,
+    ClientUpdate,
+    Experiment,
+    ExperimentStatus,
+    Round,
+    SiloTask,
+    utcnow,
+)
 
 log = logging.getLogger(__name__)
 
@@ -191,17 +199,25 @@ def fail_silent_silos(settings: Settings, session: Session) -> int:
             f"silo {task.silo!r} was silent for {settings.silo_timeout_s:g} s with this task "
             "open (FEDMOMENTUM_SILO_TIMEOUT_S)"
         )
-        if silos.close_task(session, task=task, ok=False, error=reason):
-            record = {"round": task.round, "client": task.client, "ok": False, "error": reason}
-            client_finished(
-                settings,
-                session,
-                experiment_id=task.experiment_id,
-                attempt=task.attempt,
-                generation=task.generation,
-                record=record,
-            )
+        fail_silo_task(settings, session, task=task, error=reason)
     return len(tasks)
+
+
+def fail_silo_task(settings: Settings, session: Session, *, task: SiloTask, error: str) -> bool:
+    """Close a token-silo task as its client's failure (then retried or failed with the
+    round, as any failed client); False when it was closed already. Commits."""
+    if not silos.close_task(session, task=task, ok=False, error=error):
+        return False
+    record = {"round": task.round, "client": task.client, "ok": False, "error": error}
+    client_finished(
+        settings,
+        session,
+        experiment_id=task.experiment_id,
+        attempt=task.attempt,
+        generation=task.generation,
+        record=record,
+    )
+    return True
 
 
 def reconcile(settings: Settings, *, everything: bool = False) -> list[str]:
