@@ -17,12 +17,11 @@ a server that cannot be reached raises httpx's own ``httpx.TransportError``.
 from __future__ import annotations
 
 import builtins
-import tempfile
 import time
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Self, cast
 
 import httpx
 
@@ -77,8 +76,26 @@ def check(response: httpx.Response) -> httpx.Response:
     return response
 
 
-class Client:
-    """The API of one server; ``token`` is its FEDMOMENTUM_API_TOKEN, sent as a bearer token."""
+def stream_to(
+    http: httpx.Client, url: str, target: Path, params: dict[str, Any] | None = None
+) -> Path:
+    """GET ``url`` streamed into ``target`` (through ``target``.part, removed on failure:
+    ``target`` appears whole or not at all)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    part = target.with_name(target.name + ".part")
+    try:
+        with http.stream("GET", url, params=params) as response, part.open("wb") as out:
+            check(response)
+            for chunk in response.iter_bytes():
+                out.write(chunk)
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
+    return part.replace(target)
+
+
+class HTTPClient:
+    """One server's API under /api/v1 with a bearer token: the connection, closed on exit."""
 
     def __init__(
         self,
@@ -99,11 +116,15 @@ class Client:
     def close(self) -> None:
         self.http.close()
 
-    def __enter__(self) -> Client:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class Client(HTTPClient):
+    """The API of one server; ``token`` is its FEDMOMENTUM_API_TOKEN, sent as a bearer token."""
 
     def _json(self, method: str, url: str, **kwargs: Any) -> Any:
         return check(self.http.request(method, url, **kwargs)).json()
@@ -209,26 +230,16 @@ class Client:
         out.mkdir(parents=True, exist_ok=True)
         params: dict[str, Any] = {"format": format} | ({} if rank is None else {"rank": rank})
         url = f"/experiments/{experiment_id}/download"
-        with (
-            self.http.stream("GET", url, params=params) as response,
-            tempfile.NamedTemporaryFile(dir=out, suffix=".zip.part", delete=False) as part,
-        ):
-            try:
-                check(response)
-                for chunk in response.iter_bytes():
-                    part.write(chunk)
-            except BaseException:
-                Path(part.name).unlink()
-                raise
+        name = f"fedmomentum-{experiment_id}-{format}.zip"
+        zipped = stream_to(self.http, url, out / name, params)
         if not unzip:
-            target = out / f"fedmomentum-{experiment_id}-{format}.zip"
-            return Path(part.name).replace(target)
+            return zipped
         try:
-            with zipfile.ZipFile(part.name) as archive:
+            with zipfile.ZipFile(zipped) as archive:
                 names = archive.namelist()
                 archive.extractall(out)  # drops absolute paths and '..' from member names
         finally:
-            Path(part.name).unlink()
+            zipped.unlink()
         return out / names[0].split("/", 1)[0] if names else out
 
 

@@ -8,28 +8,15 @@ from typing import Any, cast
 
 import httpx
 
-from backend.client import API_PREFIX, check
+from backend.client import HTTPClient, check, stream_to
 
 
-class SiloAPI:
+class SiloAPI(HTTPClient):
     """A silo's tasks on one server. Errors raise ``APIError`` (409: the task is no longer
     wanted) or httpx's ``TransportError``."""
 
     def __init__(self, server: str, token: str, *, timeout: float = 60.0) -> None:
-        self.http = httpx.Client(
-            base_url=server.rstrip("/") + API_PREFIX,
-            headers={"Authorization": f"Bearer {token}"},
-            timeout=timeout,
-        )
-
-    def close(self) -> None:
-        self.http.close()
-
-    def __enter__(self) -> SiloAPI:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+        super().__init__(server, token, timeout=timeout)
 
     def next_task(self, wait: float = 25.0) -> dict[str, Any] | None:
         """Claim this silo's next task, waiting up to ``wait`` s; None when none came."""
@@ -39,14 +26,7 @@ class SiloAPI:
 
     def download(self, task_id: int, which: str, target: Path) -> None:
         """The task's ``adapter`` or ``backbone`` file, streamed to ``target``."""
-        target.parent.mkdir(parents=True, exist_ok=True)
-        part = target.with_suffix(target.suffix + ".part")
-        with self.http.stream("GET", f"/silo/tasks/{task_id}/{which}") as response:
-            check(response)
-            with part.open("wb") as out:
-                for chunk in response.iter_bytes():
-                    out.write(chunk)
-        part.replace(target)
+        stream_to(self.http, f"/silo/tasks/{task_id}/{which}", target)
 
     def progress(self, task_id: int, steps: list[dict[str, Any]]) -> None:
         """Step losses ({step, loss}) since the last report; none: a sign of life."""
