@@ -17,7 +17,9 @@ from backend.db.engine import get_engine, session_for
 from backend.db.models import Experiment
 
 
-def get_app_settings(request: Request) -> Settings:
+# Dependencies that do no I/O are ``async def``: FastAPI runs a plain ``def`` dependency in
+# the thread pool, a hop (and a wait for the GIL under load) for each one on every request.
+async def get_app_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
@@ -79,12 +81,12 @@ def _check_token(credentials: HTTPAuthorizationCredentials | None, settings: Set
         )
 
 
-def require_token(credentials: Credentials, settings: SettingsDep) -> None:
+async def require_token(credentials: Credentials, settings: SettingsDep) -> None:
     """Writes and downloads: always behind the token when one is set."""
     _check_token(credentials, settings)
 
 
-def require_read(credentials: Credentials, settings: SettingsDep) -> None:
+async def require_read(credentials: Credentials, settings: SettingsDep) -> None:
     """Reads: behind the token too, unless FEDMOMENTUM_OPEN_READS says they may stay open."""
     if not settings.open_reads:
         _check_token(credentials, settings)

@@ -43,7 +43,7 @@ EVENT_SCHEMA: dict[str, Any] = {  # one server-sent event, as OpenAPI 3.2 descri
 }
 
 
-def get_hub(request: Request) -> EventHub:
+async def get_hub(request: Request) -> EventHub:
     return request.app.state.event_hub
 
 

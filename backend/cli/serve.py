@@ -29,6 +29,7 @@ from backend.core.settings import Settings
 log = logging.getLogger("fedmomentum")
 WORKER_STOP_S = 20.0  # warm shutdown (finish the running task) before the worker is killed
 STACKS_WAIT_S = 2.0  # after SIGUSR1, for the stall's stacks to reach the log
+KEEP_ALIVE_S = 75  # seconds an idle HTTP connection stays open (see `up`)
 WORKER_START_S = 600.0  # the watchdog's limit for a worker to become ready (imports, broker)
 
 
@@ -208,7 +209,17 @@ def up(settings: Settings, *, host: str, port: int, worker: bool) -> int:
     print(f"FedMomentum is running on http://{host}:{port}  (API docs: /docs; Ctrl-C stops)")
     sys.stdout.flush()
     try:
-        uvicorn.run(create_app(settings), host=host, port=port, log_level="warning")
+        uvicorn.run(
+            create_app(settings),
+            host=host,
+            port=port,
+            log_level="warning",
+            access_log=False,
+            # An idle keep-alive connection is closed by the server only well after clients
+            # stop reusing theirs (httpx: 5 s, browsers: minutes, proxies: about 60 s): closed
+            # at the same moment, a request sent on it fails with a reset.
+            timeout_keep_alive=KEEP_ALIVE_S,
+        )
     finally:
         if supervisor is not None:
             supervisor.stop()

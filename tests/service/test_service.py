@@ -4,6 +4,7 @@ SIGKILLs of real processes."""
 
 from __future__ import annotations
 
+import http.client
 import io
 import os
 import signal
@@ -112,6 +113,28 @@ def test_two_experiments_complete_without_mixing(running_redis_service: Service)
     middle = ids[len(ids) // 2]
     resumed = service.events(a["id"], last_event_id=middle)
     assert [e["id"] for e in resumed if "id" in e] == [i for i in ids if i > middle]
+
+
+def test_an_idle_connection_stays_open_longer_than_clients_reuse_one(
+    running_redis_service: Service,
+) -> None:
+    """A client reuses an idle keep-alive connection for a while (httpx: 5 s); a server that
+    closed it at that moment would make the request fail with a reset."""
+    conn = http.client.HTTPConnection("127.0.0.1", running_redis_service.port, timeout=10)
+    try:
+        conn.request("GET", "/api/v1/health")
+        first = conn.getresponse()
+        first.read()
+        sock = conn.sock
+        time.sleep(6)  # past uvicorn's own default of 5 s
+        conn.request("GET", "/api/v1/health")  # raises RemoteDisconnected if the server closed it
+        second = conn.getresponse()
+        second.read()
+        reused = sock is not None and conn.sock is sock
+    finally:
+        conn.close()
+    assert (first.status, second.status) == (200, 200)
+    assert reused  # both requests went over the one connection
 
 
 def test_round_below_min_clients_is_retried_then_fails_with_reason(
