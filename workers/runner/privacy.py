@@ -19,6 +19,7 @@ from functools import lru_cache
 
 import torch
 from opacus.accountants import RDPAccountant
+from opacus.accountants.analysis.rdp import get_privacy_spent
 from opacus.accountants.utils import get_noise_multiplier
 
 from backend.core.config import ExperimentConfig
@@ -60,8 +61,23 @@ def epsilon(noise_multiplier: float, q: float, steps: int, delta: float) -> floa
         return float(accountant.get_epsilon(delta=delta))
 
 
+def _epsilon_floor(delta: float) -> float:
+    """The epsilon of infinite noise (every order's RDP zero): no noise multiplier spends
+    less, whatever q and the steps."""
+    orders = RDPAccountant.DEFAULT_ALPHAS
+    with warnings.catch_warnings():  # "optimal order is the largest alpha": still a floor
+        warnings.simplefilter("ignore", UserWarning)
+        return float(get_privacy_spent(orders=orders, rdp=[0.0] * len(orders), delta=delta)[0])
+
+
 @lru_cache(maxsize=32)
 def _calibrated(target: float, delta: float, q: float, steps: int) -> float:
+    floor = _epsilon_floor(delta)
+    if target < floor:  # refused at once: Opacus's search would double sigma up to 1e6 first
+        raise PrivacyBudgetExceeded(
+            f"privacy.target_epsilon: {target:g} cannot be met over {steps} round(s) at "
+            f"delta {delta:g} with any noise multiplier (even infinite noise spends {floor:.4g})"
+        )
     try:
         with warnings.catch_warnings():  # the search's far-off trial sigmas warn about orders
             warnings.simplefilter("ignore", UserWarning)
