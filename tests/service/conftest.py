@@ -66,12 +66,35 @@ class Proc:
         self.popen.wait(30)
         self.handle.close()
 
+    def kill_tree(self) -> None:
+        """SIGKILL the process and every descendant (``up``'s worker runs in a session of its
+        own): the end of a test, where a graceful stop would only wait for the interpreters'
+        exits."""
+        for pid in descendants(self.popen.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self.kill()
+
     def stop(self) -> None:
         if self.alive():
             self.popen.send_signal(signal.SIGTERM)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.popen.wait(30)
         self.kill()
+
+
+def descendants(pid: int) -> list[int]:
+    """The process ids of ``pid``'s children, their children, and so on (from /proc)."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+    found, frontier = [], [pid]
+    while frontier:
+        children = [c for c, p in parents.items() if p in frontier]
+        found += children
+        frontier = children
+    return found
 
 
 class Service:
@@ -211,8 +234,9 @@ class Service:
         return out
 
     def close(self) -> None:
+        """Kill every process of the test: nothing after a test needs a graceful stop."""
         for proc in reversed(self.procs):
-            proc.stop()
+            proc.kill_tree()
         self.http.close()
 
 
