@@ -167,7 +167,8 @@ def test_cancel_stops_the_experiment(running_redis_service: Service) -> None:
 
 # ---- crashes ------------------------------------------------------------------------------------
 
-LONG = {"training": {"local_steps": 120}, "federation": {"num_clients": 4,
+# Rounds of a few seconds: long enough to be caught mid-round by _mid_round (0.2 s polls).
+LONG = {"training": {"local_steps": 40}, "federation": {"num_clients": 4,
         "clients_per_round": 2, "rounds": 3}}  # fmt: skip
 
 

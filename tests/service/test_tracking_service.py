@@ -12,6 +12,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tests.service.conftest import Service
 from tests.service.test_service import LONG, _mid_round
 
+STEPS = LONG["training"]["local_steps"]
+
 
 def test_a_killed_worker_leaves_one_mlflow_run_with_every_round_once(
     redis_service: Service, mlflow_url: str
@@ -37,7 +39,7 @@ def test_a_killed_worker_leaves_one_mlflow_run_with_every_round_once(
     run_id = mlrun.info.run_id
     assert mlrun.info.status == "FINISHED" and mlrun.info.run_name == "tracked-service"
     assert mlrun.data.params["federation.rounds"] == "3"
-    assert mlrun.data.params["training.local_steps"] == "120"
+    assert mlrun.data.params["training.local_steps"] == str(STEPS)
     assert mlrun.data.tags["strategy"] == done["config"]["strategy"]
 
     def history(key: str) -> list[tuple[int, float]]:
@@ -53,7 +55,7 @@ def test_a_killed_worker_leaves_one_mlflow_run_with_every_round_once(
     steps = service.metrics(eid, "client_step")
     for c in {m["client"] for m in steps}:
         mine = [m for m in steps if m["client"] == c]
-        want = [(m["round"] * 120 + m["step"], m["values"]["loss"]) for m in mine]
+        want = [(m["round"] * STEPS + m["step"], m["values"]["loss"]) for m in mine]
         assert history(f"client/{c}/loss") == sorted(want)
     listed = [f.path for f in client.list_artifacts(run_id, "export/adapter")]
     assert "export/adapter/adapter_config.json" in listed
