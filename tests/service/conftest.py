@@ -140,18 +140,32 @@ class Service:
         queues: str = "train,aggregate",
         name: str | None = None,
         faults: dict[str, str] | None = None,
+        wait: bool = True,
         **settings: str,
     ) -> Proc:
         """A worker process (``name``: its Celery node name; ``settings``: FEDMOMENTUM_*
         variables of this worker only, e.g. silo_data; ``faults``: FAULT_* variables of
-        tests/service/faulty_worker.py, which then runs it with that fault injected)."""
+        tests/service/faulty_worker.py, which then runs it with that fault injected).
+        ``wait=False``: started, not yet ready (see ``ready``), so that several processes
+        start side by side."""
         args = ["worker", "--queues", queues] + (["--name", name] if name else [])
         env = self.env | {f"FEDMOMENTUM_{k.upper()}": v for k, v in settings.items()}
         env |= {f"FAULT_{k.upper()}": v for k, v in (faults or {}).items()}
         module = "tests.service.faulty_worker" if faults else "backend.cli"
         proc = self._spawn("faulty-worker" if faults else "worker", args, env, module)
-        self._wait(lambda: " ready." in proc.output(), proc, "the worker to be ready")
-        return proc
+        return self.ready(proc)[0] if wait else proc
+
+    def ready(self, *workers: Proc) -> list[Proc]:
+        """Until each worker started with ``wait=False`` is ready."""
+        for proc in workers:
+            self._wait(lambda p=proc: " ready." in p.output(), proc, "the worker to be ready")
+        return list(workers)
+
+    def api_and_worker(self, **worker: Any) -> Proc:
+        """The API and one worker (``worker``'s keywords), started side by side; the worker."""
+        proc = self.worker(wait=False, **worker)
+        self.api()
+        return self.ready(proc)[0]
 
     def _healthy(self) -> bool:
         try:
@@ -281,8 +295,7 @@ def redis_service(tmp_path: Path) -> Iterator[Service]:
 def running_redis_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     """An API and one worker on Redis + PostgreSQL, shared by a module's tests."""
     for service in _redis_service(tmp_path_factory.mktemp("redis")):
-        service.api()
-        service.worker()
+        service.api_and_worker()
         yield service
 
 

@@ -186,8 +186,7 @@ def _mid_round(service: Service, eid: str, round_num: int) -> None:
 
 def test_worker_killed_mid_round_is_recovered_exactly_once(redis_service: Service) -> None:
     service = redis_service
-    service.api()
-    worker = service.worker()
+    worker = service.api_and_worker()
     exp = service.create(name="crash-worker", **LONG)
     _mid_round(service, exp["id"], 1)
 
@@ -200,8 +199,9 @@ def test_worker_killed_mid_round_is_recovered_exactly_once(redis_service: Servic
 
 def test_api_killed_mid_round_is_recovered_exactly_once(redis_service: Service) -> None:
     service = redis_service
-    api = service.api()
-    service.worker()
+    service.api_and_worker()
+    api = service.api_proc
+    assert api is not None
     exp = service.create(name="crash-api", **LONG)
     _mid_round(service, exp["id"], 1)
 

@@ -19,8 +19,7 @@ def test_a_killed_worker_leaves_one_mlflow_run_with_every_round_once(
     redis_service: Service, mlflow_url: str
 ) -> None:
     service, url = redis_service, mlflow_url
-    service.api()
-    worker = service.worker(mlflow_tracking_uri=url)
+    worker = service.api_and_worker(mlflow_tracking_uri=url)
     exp = service.create(name="tracked-service", **LONG)
     eid = exp["id"]
     _mid_round(service, eid, 1)
