@@ -181,9 +181,6 @@ class WorkerSupervisor:
 
 
 def up(settings: Settings, *, host: str, port: int, worker: bool) -> int:
-    import uvicorn
-
-    from backend.api.app import create_app
     from backend.db.engine import migrate
     from backend.db.lifecycle import reconcile
 
@@ -202,6 +199,11 @@ def up(settings: Settings, *, host: str, port: int, worker: bool) -> int:
                     stall, stale,
                 )  # fmt: skip
         supervisor.start()
+    # The API's imports after the worker's start: both processes load side by side.
+    import uvicorn
+
+    from backend.api.app import create_app
+
     # uvicorn re-raises the SIGTERM it caught once it has shut down: make that an exception,
     # so the worker is stopped below instead of the process dying on the spot.
     signal.signal(signal.SIGTERM, _terminate)
