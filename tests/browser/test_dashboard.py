@@ -392,8 +392,7 @@ def test_excluded_updates_are_marked_in_the_rounds_table_and_the_timeline(
 ) -> None:
     service = Service(tmp_path, _env(tmp_path))
     try:
-        service.api()
-        service.worker(faults={"poison": "1:nan"})  # client 1 uploads a NaN every round
+        service.api_and_worker(faults={"poison": "1:nan"})  # client 1 uploads a NaN every round
         exp = service.create(federation={"num_clients": 3, "clients_per_round": 3, "rounds": 2})
         page.goto(f"{service.url}/#/experiments/{exp['id']}")
         assert service.wait_finished(exp["id"])["status"] == "completed"
