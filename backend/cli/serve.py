@@ -28,6 +28,7 @@ from backend.core.settings import Settings
 
 log = logging.getLogger("fedmomentum")
 WORKER_STOP_S = 20.0  # warm shutdown (finish the running task) before the worker is killed
+API_STOP_S = 5.0  # for requests in flight at a stop; then open ones (event streams) are cut
 STACKS_WAIT_S = 2.0  # after SIGUSR1, for the stall's stacks to reach the log
 WORKER_START_S = 600.0  # the watchdog's limit for a worker to become ready (imports, broker)
 
@@ -210,7 +211,10 @@ def up(settings: Settings, *, host: str, port: int, worker: bool) -> int:
     print(f"FedMomentum is running on http://{host}:{port}  (API docs: /docs; Ctrl-C stops)")
     sys.stdout.flush()
     try:
-        uvicorn.run(create_app(settings), host=host, port=port, log_level="warning")
+        uvicorn.run(
+            create_app(settings), host=host, port=port, log_level="warning",
+            timeout_graceful_shutdown=API_STOP_S,  # a live event stream never ends by itself
+        )  # fmt: skip
     finally:
         if supervisor is not None:
             supervisor.stop()

@@ -4,16 +4,20 @@ SIGKILLs of real processes."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import signal
+import threading
 import time
 import zipfile
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
+from backend.cli.serve import API_STOP_S
 from tests.service.conftest import Service
 
 
@@ -264,3 +268,31 @@ def _children(pid: int) -> list[int]:
         if int(fields[1]) == pid:
             out.append(int(stat.parent.name))
     return out
+
+
+def test_up_stops_on_sigterm_while_an_event_stream_is_open(embedded_service: Service) -> None:
+    """A browser's live event stream never ends by itself: a stop cuts it after the grace
+    period instead of waiting for the browser to go away."""
+    service = embedded_service
+    api = service.api()
+    exp = service.create(name="followed")  # queued: no worker, its stream stays open
+    opened = threading.Event()
+
+    def follow() -> None:
+        with (
+            contextlib.suppress(httpx.HTTPError),
+            service.http.stream("GET", f"/experiments/{exp['id']}/events") as response,
+        ):
+            for _ in response.iter_lines():
+                opened.set()
+
+    reader = threading.Thread(target=follow, daemon=True)
+    reader.start()
+    assert opened.wait(30)
+
+    started = time.monotonic()
+    api.popen.send_signal(signal.SIGTERM)
+    assert api.popen.wait(API_STOP_S + 15) == 128 + signal.SIGTERM
+    assert time.monotonic() - started < API_STOP_S + 15
+    reader.join(10)
+    assert not reader.is_alive()  # the stream was closed, not left hanging
