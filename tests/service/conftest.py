@@ -70,9 +70,10 @@ class Proc:
         """SIGKILL the process and every descendant (``up``'s worker runs in a session of its
         own): the end of a test, where a graceful stop would only wait for the interpreters'
         exits."""
-        for pid in descendants(self.popen.pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        if self.alive():  # not reaped: its pid is still its own, not a reused one
+            for pid in descendants(self.popen.pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
         self.kill()
 
     def stop(self) -> None:
