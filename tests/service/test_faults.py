@@ -26,7 +26,7 @@ from safetensors.torch import load
 from backend.core.broker import make_app
 from backend.core.settings import Settings
 from tests.helpers import free_port, postgres_schema
-from tests.service.conftest import Service, _env
+from tests.service.conftest import Proc, Service, _env, _redis_service
 from tests.service.test_service import (
     LONG,
     _mid_round,
@@ -226,16 +226,27 @@ DISK_FULL = {  # file size limit, where the experiment fails
 }
 
 
+@pytest.fixture(scope="module")
+def disk_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Service, Proc]]:
+    """An API and a worker shared by the full-disk cases (each sets its own file size limit
+    on the worker, then lifts it)."""
+    for service in _redis_service(tmp_path_factory.mktemp("disk")):
+        yield service, service.api_and_worker()
+
+
 @pytest.mark.parametrize(("limit", "stage"), DISK_FULL.values(), ids=DISK_FULL.keys())
 def test_a_full_disk_fails_the_experiment_with_the_reason_and_no_partial_artifact(
-    redis_service: Service, limit: int, stage: str
+    disk_service: tuple[Service, Proc], limit: int, stage: str
 ) -> None:
-    service = redis_service
-    worker = service.api_and_worker()
-    resource.prlimit(worker.popen.pid, resource.RLIMIT_FSIZE, (limit, limit))
-    exp = service.create(name=f"disk-full-{stage}")
-
-    failed = service.wait_finished(exp["id"])
+    service, worker = disk_service
+    _, hard = resource.prlimit(worker.popen.pid, resource.RLIMIT_FSIZE)
+    resource.prlimit(worker.popen.pid, resource.RLIMIT_FSIZE, (limit, hard))  # the one enforced
+    try:
+        exp = service.create(name=f"disk-full-{stage}")
+        failed = service.wait_finished(exp["id"])
+    finally:
+        if worker.alive():
+            resource.prlimit(worker.popen.pid, resource.RLIMIT_FSIZE, (hard, hard))
 
     assert failed["status"] == "failed"
     assert failed["error"].startswith(stage) and "File too large" in failed["error"], failed
