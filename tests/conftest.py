@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.helpers import mlflow_server
 from tests.s3_server import S3Server
 
 
@@ -18,3 +19,11 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def mlflow_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One real MLflow tracking server for the session (a test finds its own runs by their
+    experiment id or name)."""
+    with mlflow_server(tmp_path_factory.mktemp("mlflow")) as url:
+        yield url

@@ -123,13 +123,9 @@ def mlflow_server(folder: Path) -> Iterator[str]:
             time.sleep(0.3)
         yield url
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(10)
+        if proc.poll() is None:  # its store is thrown away: no graceful stop to wait for
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
 
 
 def unique(prefix: str) -> str:

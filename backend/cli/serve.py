@@ -28,6 +28,7 @@ from backend.core.settings import Settings
 
 log = logging.getLogger("fedmomentum")
 WORKER_STOP_S = 20.0  # warm shutdown (finish the running task) before the worker is killed
+API_STOP_S = 5.0  # for requests in flight at a stop; then open ones (event streams) are cut
 STACKS_WAIT_S = 2.0  # after SIGUSR1, for the stall's stacks to reach the log
 KEEP_ALIVE_S = 75  # seconds an idle HTTP connection stays open (see `up`)
 WORKER_START_S = 600.0  # the watchdog's limit for a worker to become ready (imports, broker)
@@ -182,9 +183,6 @@ class WorkerSupervisor:
 
 
 def up(settings: Settings, *, host: str, port: int, worker: bool) -> int:
-    import uvicorn
-
-    from backend.api.app import create_app
     from backend.db.engine import migrate
     from backend.db.lifecycle import reconcile
 
@@ -203,6 +201,11 @@ def up(settings: Settings, *, host: str, port: int, worker: bool) -> int:
                     stall, stale,
                 )  # fmt: skip
         supervisor.start()
+    # The API's imports after the worker's start: both processes load side by side.
+    import uvicorn
+
+    from backend.api.app import create_app
+
     # uvicorn re-raises the SIGTERM it caught once it has shut down: make that an exception,
     # so the worker is stopped below instead of the process dying on the spot.
     signal.signal(signal.SIGTERM, _terminate)
@@ -219,6 +222,7 @@ def up(settings: Settings, *, host: str, port: int, worker: bool) -> int:
             # stop reusing theirs (httpx: 5 s, browsers: minutes, proxies: about 60 s): closed
             # at the same moment, a request sent on it fails with a reset.
             timeout_keep_alive=KEEP_ALIVE_S,
+            timeout_graceful_shutdown=API_STOP_S,  # a live event stream never ends by itself
         )
     finally:
         if supervisor is not None:

@@ -275,6 +275,11 @@ def test_reconnecting_state_when_live_events_drop(page: Page, service: Service) 
     page.wait_for_selector("#app[data-stream=ended]", timeout=30_000)
     expect(page.locator("#reconnecting")).to_be_hidden()
     expect(page.locator("#run-head .badge")).to_have_text("completed")
+    page.wait_for_function(  # drawn within REDRAW_MS of the last event (after the badge)
+        "document.getElementById('chart-accuracy')?.data?.find((t) => t.uid === 'accuracy')"
+        "?.x.length === 3",
+        timeout=5_000,
+    )
     assert len(trace(page, "chart-accuracy", "accuracy")["x"]) == 3  # nothing missed: 2 rounds + 1
 
 
@@ -392,8 +397,7 @@ def test_excluded_updates_are_marked_in_the_rounds_table_and_the_timeline(
 ) -> None:
     service = Service(tmp_path, _env(tmp_path))
     try:
-        service.api()
-        service.worker(faults={"poison": "1:nan"})  # client 1 uploads a NaN every round
+        service.api_and_worker(faults={"poison": "1:nan"})  # client 1 uploads a NaN every round
         exp = service.create(federation={"num_clients": 3, "clients_per_round": 3, "rounds": 2})
         page.goto(f"{service.url}/#/experiments/{exp['id']}")
         assert service.wait_finished(exp["id"])["status"] == "completed"

@@ -19,7 +19,6 @@ import workers.runner.loop as loop_module
 from backend.core.config import parse_config
 from backend.core.runs import RunPaths
 from backend.core.settings import get_settings
-from tests.helpers import mlflow_server
 from workers.runner import finish_round, run
 
 TINY = {
@@ -44,9 +43,8 @@ def of(root: Path, kind: str) -> list[dict[str, Any]]:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory):
-    with mlflow_server(tmp_path_factory.mktemp("mlflow")) as url:
-        yield url
+def server(mlflow_url: str) -> str:
+    return mlflow_url
 
 
 @pytest.fixture

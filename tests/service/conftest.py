@@ -66,12 +66,36 @@ class Proc:
         self.popen.wait(30)
         self.handle.close()
 
+    def kill_tree(self) -> None:
+        """SIGKILL the process and every descendant (``up``'s worker runs in a session of its
+        own): the end of a test, where a graceful stop would only wait for the interpreters'
+        exits."""
+        if self.alive():  # not reaped: its pid is still its own, not a reused one
+            for pid in descendants(self.popen.pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        self.kill()
+
     def stop(self) -> None:
         if self.alive():
             self.popen.send_signal(signal.SIGTERM)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.popen.wait(30)
         self.kill()
+
+
+def descendants(pid: int) -> list[int]:
+    """The process ids of ``pid``'s children, their children, and so on (from /proc)."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+    found, frontier = [], [pid]
+    while frontier:
+        children = [c for c, p in parents.items() if p in frontier]
+        found += children
+        frontier = children
+    return found
 
 
 class Service:
@@ -117,18 +141,32 @@ class Service:
         queues: str = "train,aggregate",
         name: str | None = None,
         faults: dict[str, str] | None = None,
+        wait: bool = True,
         **settings: str,
     ) -> Proc:
         """A worker process (``name``: its Celery node name; ``settings``: FEDMOMENTUM_*
         variables of this worker only, e.g. silo_data; ``faults``: FAULT_* variables of
-        tests/service/faulty_worker.py, which then runs it with that fault injected)."""
+        tests/service/faulty_worker.py, which then runs it with that fault injected).
+        ``wait=False``: started, not yet ready (see ``ready``), so that several processes
+        start side by side."""
         args = ["worker", "--queues", queues] + (["--name", name] if name else [])
         env = self.env | {f"FEDMOMENTUM_{k.upper()}": v for k, v in settings.items()}
         env |= {f"FAULT_{k.upper()}": v for k, v in (faults or {}).items()}
         module = "tests.service.faulty_worker" if faults else "backend.cli"
         proc = self._spawn("faulty-worker" if faults else "worker", args, env, module)
-        self._wait(lambda: " ready." in proc.output(), proc, "the worker to be ready")
-        return proc
+        return self.ready(proc)[0] if wait else proc
+
+    def ready(self, *workers: Proc) -> list[Proc]:
+        """Until each worker started with ``wait=False`` is ready."""
+        for proc in workers:
+            self._wait(lambda p=proc: " ready." in p.output(), proc, "the worker to be ready")
+        return list(workers)
+
+    def api_and_worker(self, **worker: Any) -> Proc:
+        """The API and one worker (``worker``'s keywords), started side by side; the worker."""
+        proc = self.worker(wait=False, **worker)
+        self.api()
+        return self.ready(proc)[0]
 
     def _healthy(self) -> bool:
         try:
@@ -211,8 +249,9 @@ class Service:
         return out
 
     def close(self) -> None:
+        """Kill every process of the test: nothing after a test needs a graceful stop."""
         for proc in reversed(self.procs):
-            proc.stop()
+            proc.kill_tree()
         self.http.close()
 
 
@@ -257,8 +296,7 @@ def redis_service(tmp_path: Path) -> Iterator[Service]:
 def running_redis_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     """An API and one worker on Redis + PostgreSQL, shared by a module's tests."""
     for service in _redis_service(tmp_path_factory.mktemp("redis")):
-        service.api()
-        service.worker()
+        service.api_and_worker()
         yield service
 
 

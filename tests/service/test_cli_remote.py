@@ -110,6 +110,12 @@ def test_submit_follow_list_status_and_download(service: Service, tmp_path: Path
     assert not list(out.glob("*.part"))
 
 
+def _default_sigint() -> None:
+    """Ctrl-C as in a terminal: a suite run in the background (``&``, nohup) ignores SIGINT,
+    and its children would inherit that."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_cancel_a_running_experiment_and_ctrl_c_of_follow(service: Service, tmp_path: Path) -> None:
     config = _config_file(
         tmp_path, name="cli-long", federation={"num_clients": 4, "clients_per_round": 2,
@@ -125,6 +131,7 @@ def test_cancel_a_running_experiment_and_ctrl_c_of_follow(service: Service, tmp_
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=_default_sigint,
     )
     assert follower.stdout is not None
     first = follower.stdout.readline()  # it is following

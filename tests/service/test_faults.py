@@ -26,7 +26,7 @@ from safetensors.torch import load
 from backend.core.broker import make_app
 from backend.core.settings import Settings
 from tests.helpers import free_port, postgres_schema
-from tests.service.conftest import Service, _env
+from tests.service.conftest import Proc, Service, _env, _redis_service
 from tests.service.test_service import (
     LONG,
     _mid_round,
@@ -64,8 +64,7 @@ def test_poisoned_updates_are_excluded_with_the_reason_and_the_model_stays_finit
     redis_service: Service,
 ) -> None:
     service = redis_service
-    service.api()
-    service.worker(faults={"poison": ",".join(f"{c}:{h}" for c, h in POISONED.items())})
+    service.api_and_worker(faults={"poison": ",".join(f"{c}:{h}" for c, h in POISONED.items())})
     exp = service.create(
         name="poisoned", federation={"num_clients": 5, "clients_per_round": 5, "rounds": 2}
     )
@@ -90,8 +89,7 @@ def test_a_round_whose_updates_are_all_excluded_is_retried_then_fails_with_the_r
 ) -> None:
     service = redis_service
     service.env["FEDMOMENTUM_MAX_ROUND_ATTEMPTS"] = "2"
-    service.api()
-    service.worker(faults={"poison": ",".join(f"{c}:nan" for c in range(4))})
+    service.api_and_worker(faults={"poison": ",".join(f"{c}:nan" for c in range(4))})
     exp = service.create(name="all-poisoned")
 
     failed = service.wait_finished(exp["id"])
@@ -130,9 +128,8 @@ def hidden(service: Service, experiment_id: str) -> list[str]:
 
 def test_worker_killed_mid_aggregation_is_recovered_exactly_once(redis_service: Service) -> None:
     service = redis_service
-    service.api()
     marker = service.tmp / "aggregating"
-    worker = service.worker(faults={"hang_round": "1", "marker": str(marker)})
+    worker = service.api_and_worker(faults={"hang_round": "1", "marker": str(marker)})
     exp = service.create(
         name="kill-aggregation",
         federation={"num_clients": 4, "clients_per_round": 2, "rounds": 3},
@@ -207,8 +204,7 @@ def test_redis_restarted_mid_round_loses_nothing(
     private_redis_service: tuple[Service, PrivateRedis],
 ) -> None:
     service, server = private_redis_service
-    service.api()
-    service.worker()
+    service.api_and_worker()
     exp = service.create(name="redis-restart", **LONG)
     _mid_round(service, exp["id"], 1)
 
@@ -230,17 +226,27 @@ DISK_FULL = {  # file size limit, where the experiment fails
 }
 
 
+@pytest.fixture(scope="module")
+def disk_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Service, Proc]]:
+    """An API and a worker shared by the full-disk cases (each sets its own file size limit
+    on the worker, then lifts it)."""
+    for service in _redis_service(tmp_path_factory.mktemp("disk")):
+        yield service, service.api_and_worker()
+
+
 @pytest.mark.parametrize(("limit", "stage"), DISK_FULL.values(), ids=DISK_FULL.keys())
 def test_a_full_disk_fails_the_experiment_with_the_reason_and_no_partial_artifact(
-    redis_service: Service, limit: int, stage: str
+    disk_service: tuple[Service, Proc], limit: int, stage: str
 ) -> None:
-    service = redis_service
-    service.api()
-    worker = service.worker()
-    resource.prlimit(worker.popen.pid, resource.RLIMIT_FSIZE, (limit, limit))
-    exp = service.create(name=f"disk-full-{stage}")
-
-    failed = service.wait_finished(exp["id"])
+    service, worker = disk_service
+    _, hard = resource.prlimit(worker.popen.pid, resource.RLIMIT_FSIZE)
+    resource.prlimit(worker.popen.pid, resource.RLIMIT_FSIZE, (limit, hard))  # the one enforced
+    try:
+        exp = service.create(name=f"disk-full-{stage}")
+        failed = service.wait_finished(exp["id"])
+    finally:
+        if worker.alive():
+            resource.prlimit(worker.popen.pid, resource.RLIMIT_FSIZE, (hard, hard))
 
     assert failed["status"] == "failed"
     assert failed["error"].startswith(stage) and "File too large" in failed["error"], failed
@@ -277,8 +283,7 @@ class Exploit:
 
 def test_a_pickled_task_message_is_refused_and_json_still_runs(redis_service: Service) -> None:
     service = redis_service
-    service.api()  # migrates the database the worker's task reads
-    worker = service.worker(queues="aggregate")
+    worker = service.api_and_worker(queues="aggregate")  # the API migrates the database
     env = service.env
     sender = make_app(
         Settings(

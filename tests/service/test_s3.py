@@ -100,8 +100,7 @@ def test_an_experiment_on_s3_completes_and_every_download_reads_the_bucket(
 ) -> None:
     service = redis_service
     bucket = on_s3(service, s3_server)
-    service.api()
-    service.worker()
+    service.api_and_worker()
     reader = Reader(s3_server, bucket)
     reader.start()
     try:
@@ -160,8 +159,7 @@ def test_an_s3_outage_mid_round_delays_the_experiment_which_completes(
 ) -> None:
     service = redis_service
     bucket = on_s3(service, own_s3_server)
-    service.api()
-    service.worker()
+    service.api_and_worker()
     reader = Reader(own_s3_server, bucket)
     reader.start()
     config = LONG | {"training": {"local_steps": 30}}
@@ -198,8 +196,7 @@ def test_an_s3_server_killed_mid_round_fails_the_experiment_naming_the_store(
 ) -> None:
     service = redis_service
     bucket = on_s3(service, own_s3_server)
-    service.api()
-    service.worker()
+    service.api_and_worker()
     reader = Reader(own_s3_server, bucket)
     reader.start()
     try:

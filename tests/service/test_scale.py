@@ -13,10 +13,13 @@ from tests.service.test_service import assert_complete_and_exactly_once
 
 def test_parallel_workers_share_the_train_queue(redis_service: Service) -> None:
     service = redis_service
+    started = [  # side by side, then the API
+        service.worker("aggregate", name="server@fm", wait=False),
+        service.worker("train", name="train-1@fm", wait=False),
+        service.worker("train", name="train-2@fm", wait=False),
+    ]
     service.api()
-    server = service.worker("aggregate", name="server@fm")
-    service.worker("train", name="train-1@fm")
-    service.worker("train", name="train-2@fm")
+    server, *_ = service.ready(*started)
     exp = service.create(
         name="parallel",
         federation={"num_clients": 4, "clients_per_round": 4, "rounds": 2},
@@ -44,14 +47,19 @@ def test_cross_silo_clients_train_on_their_own_silos_worker(redis_service: Servi
     service = redis_service
     data_a = _silo_file(service.tmp / "a.jsonl", "hospital-a", 12)
     data_b = _silo_file(service.tmp / "b.jsonl", "hospital-b", 20)
+    started = [  # side by side, then the API
+        service.worker("aggregate", name="server@fm", wait=False),  # holds no silo data
+        service.worker(
+            "hospital-a", name="silo-a@fm", wait=False,
+            silo_data=json.dumps({"hospital-a": str(data_a)}),
+        ),
+        service.worker(
+            "hospital-b", name="silo-b@fm", wait=False,
+            silo_data=json.dumps({"hospital-b": str(data_b)}),
+        ),
+    ]  # fmt: skip
     service.api()
-    server = service.worker("aggregate", name="server@fm")  # holds no silo data
-    silo_a = service.worker(
-        "hospital-a", name="silo-a@fm", silo_data=json.dumps({"hospital-a": str(data_a)})
-    )
-    silo_b = service.worker(
-        "hospital-b", name="silo-b@fm", silo_data=json.dumps({"hospital-b": str(data_b)})
-    )
+    server, silo_a, silo_b = service.ready(*started)
     silos = {"hospital-a": [0], "hospital-b": [1, 2]}
     exp = service.create(
         name="cross-silo",

@@ -4,17 +4,21 @@ SIGKILLs of real processes."""
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import io
 import os
 import signal
+import threading
 import time
 import zipfile
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
+from backend.cli.serve import API_STOP_S
 from tests.service.conftest import Service
 
 
@@ -190,7 +194,8 @@ def test_cancel_stops_the_experiment(running_redis_service: Service) -> None:
 
 # ---- crashes ------------------------------------------------------------------------------------
 
-LONG = {"training": {"local_steps": 120}, "federation": {"num_clients": 4,
+# Rounds of a few seconds: long enough to be caught mid-round by _mid_round (0.2 s polls).
+LONG = {"training": {"local_steps": 40}, "federation": {"num_clients": 4,
         "clients_per_round": 2, "rounds": 3}}  # fmt: skip
 
 
@@ -208,8 +213,7 @@ def _mid_round(service: Service, eid: str, round_num: int) -> None:
 
 def test_worker_killed_mid_round_is_recovered_exactly_once(redis_service: Service) -> None:
     service = redis_service
-    service.api()
-    worker = service.worker()
+    worker = service.api_and_worker()
     exp = service.create(name="crash-worker", **LONG)
     _mid_round(service, exp["id"], 1)
 
@@ -222,8 +226,9 @@ def test_worker_killed_mid_round_is_recovered_exactly_once(redis_service: Servic
 
 def test_api_killed_mid_round_is_recovered_exactly_once(redis_service: Service) -> None:
     service = redis_service
-    api = service.api()
-    service.worker()
+    service.api_and_worker()
+    api = service.api_proc
+    assert api is not None
     exp = service.create(name="crash-api", **LONG)
     _mid_round(service, exp["id"], 1)
 
@@ -286,3 +291,31 @@ def _children(pid: int) -> list[int]:
         if int(fields[1]) == pid:
             out.append(int(stat.parent.name))
     return out
+
+
+def test_up_stops_on_sigterm_while_an_event_stream_is_open(embedded_service: Service) -> None:
+    """A browser's live event stream never ends by itself: a stop cuts it after the grace
+    period instead of waiting for the browser to go away."""
+    service = embedded_service
+    api = service.api()
+    exp = service.create(name="followed")  # queued: no worker, its stream stays open
+    opened = threading.Event()
+
+    def follow() -> None:
+        with (
+            contextlib.suppress(httpx.HTTPError),
+            service.http.stream("GET", f"/experiments/{exp['id']}/events") as response,
+        ):
+            for _ in response.iter_lines():
+                opened.set()
+
+    reader = threading.Thread(target=follow, daemon=True)
+    reader.start()
+    assert opened.wait(30)
+
+    started = time.monotonic()
+    api.popen.send_signal(signal.SIGTERM)
+    assert api.popen.wait(API_STOP_S + 15) == 128 + signal.SIGTERM
+    assert time.monotonic() - started < API_STOP_S + 15
+    reader.join(10)
+    assert not reader.is_alive()  # the stream was closed, not left hanging

@@ -119,7 +119,7 @@ def test_a_silent_worker_has_its_stacks_logged_and_is_restarted(
         worker=True,
         faults={"stall_round": "1", "marker": str(marker)},
         stale_after_s="900",
-        worker_stall_s="15",
+        worker_stall_s="8",
     )
     exp = service.create(name="stall", **SMALL)
 

@@ -32,6 +32,7 @@ from workers.federated.privacy import (
 from workers.federated.strategies import exact_update
 from workers.runner.privacy import (
     PrivacyBudgetExceeded,
+    _epsilon_floor,
     check_budget,
     epsilon,
     noise_multiplier,
@@ -324,6 +325,15 @@ def test_target_epsilon_calibrates_the_noise_for_the_whole_run():
 def test_an_unreachable_target_epsilon_refuses_the_run():
     with pytest.raises(PrivacyBudgetExceeded, match="privacy.target_epsilon"):
         noise_multiplier(_cfg(target_epsilon=1e-9, delta=1e-12))
+
+
+def test_the_refusal_floor_is_what_ever_more_noise_tends_to():
+    floor = _epsilon_floor(1e-5)
+    spent = [epsilon(sigma, 0.3, 8, 1e-5) for sigma in (10.0, 100.0, 1000.0)]
+    assert spent[0] > spent[1] > spent[2] > floor  # no noise multiplier spends less
+    assert spent[2] - floor < 1e-3
+    with pytest.raises(PrivacyBudgetExceeded, match="even infinite noise spends 0.1029"):
+        noise_multiplier(_cfg(target_epsilon=floor * 0.999))
 
 
 def test_local_mode_accounts_the_most_sampled_client_without_amplification():

@@ -18,8 +18,6 @@ from collections import Counter
 from functools import lru_cache
 
 import torch
-from opacus.accountants import RDPAccountant
-from opacus.accountants.utils import get_noise_multiplier
 
 from backend.core.config import ExperimentConfig
 from workers.federated.privacy import DpParams
@@ -53,6 +51,8 @@ def epsilon(noise_multiplier: float, q: float, steps: int, delta: float) -> floa
         return 0.0
     if noise_multiplier == 0.0:
         return math.inf
+    from opacus.accountants import RDPAccountant  # Opacus (and SciPy) only for private runs
+
     accountant = RDPAccountant()
     accountant.history = [(noise_multiplier, q, steps)]
     with warnings.catch_warnings():  # "optimal order is the largest alpha": still an upper bound
@@ -60,8 +60,28 @@ def epsilon(noise_multiplier: float, q: float, steps: int, delta: float) -> floa
         return float(accountant.get_epsilon(delta=delta))
 
 
+def _epsilon_floor(delta: float) -> float:
+    """The epsilon of infinite noise (every order's RDP zero): no noise multiplier spends
+    less, whatever q and the steps."""
+    from opacus.accountants import RDPAccountant
+    from opacus.accountants.analysis.rdp import get_privacy_spent
+
+    orders = RDPAccountant.DEFAULT_ALPHAS
+    with warnings.catch_warnings():  # "optimal order is the largest alpha": still a floor
+        warnings.simplefilter("ignore", UserWarning)
+        return float(get_privacy_spent(orders=orders, rdp=[0.0] * len(orders), delta=delta)[0])
+
+
 @lru_cache(maxsize=32)
 def _calibrated(target: float, delta: float, q: float, steps: int) -> float:
+    floor = _epsilon_floor(delta)
+    if target < floor:  # refused at once: Opacus's search would double sigma up to 1e6 first
+        raise PrivacyBudgetExceeded(
+            f"privacy.target_epsilon: {target:g} cannot be met over {steps} round(s) at "
+            f"delta {delta:g} with any noise multiplier (even infinite noise spends {floor:.4g})"
+        )
+    from opacus.accountants.utils import get_noise_multiplier
+
     try:
         with warnings.catch_warnings():  # the search's far-off trial sigmas warn about orders
             warnings.simplefilter("ignore", UserWarning)
