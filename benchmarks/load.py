@@ -154,6 +154,25 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def api_cpu_seconds(api_pid: int) -> float:
+    """CPU time so far of the API: the ``up`` process and its uvicorn worker processes
+    (``--api-workers``), not the Celery worker and what it started."""
+
+    def is_worker(pid: int) -> bool:
+        with suppress(OSError):
+            return b"backend.cli\x00worker" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        return False
+
+    workers = {pid for pid in _descendants(api_pid) if is_worker(pid)}
+    below = {d for w in workers for d in _descendants(w)}
+    api = [api_pid, *(p for p in _descendants(api_pid) if p not in workers | below)]
+    total = 0.0
+    for pid in api:
+        with suppress(OSError):
+            total += cpu_seconds(pid)
+    return total
+
+
 def stop_tree(proc: subprocess.Popen[bytes]) -> None:
     """SIGTERM to the process group of ``proc`` and of each of its descendants (the worker
     starts its own session); SIGKILL to whatever is left after STOP_S."""
@@ -437,7 +456,8 @@ def report(run: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
         "rounds_measured": [len(run["baseline_rounds"]), len(run["loaded_rounds"])],
         "round_time_ratio": round(loaded / base, 3) if base and loaded else None,
         "load_average": run["load_average"],
-        "api_cpu_cores": run["api_cpu"],  # CPU seconds of the API process per second of load
+        "api_workers": args.api_workers,
+        "api_cpu_cores": run["api_cpu"],  # CPU seconds of the API processes per second of load
         "latency": [{k: _round(v) for k, v in r.items()} for r in rows],
     }
 
@@ -453,12 +473,15 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=100.0, help="metrics requests per second")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
     parser.add_argument("--postgres-url", default="postgresql+psycopg://postgres@127.0.0.1/test")
+    parser.add_argument(
+        "--api-workers", type=int, default=1, help="API processes (fedmomentum up --api-workers)"
+    )
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--log", type=Path, help="keep the service's log in this file")
     args = parser.parse_args()
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _on_signal)
-    settings: dict[str, str] = {}
+    settings: dict[str, str] = {"api_workers": str(args.api_workers)}
     if args.sse_clients > DEFAULT_STREAMS_PER_CLIENT:
         # All the streams come from 127.0.0.1: raise the per-client limit to fit them.
         settings["max_event_streams_per_client"] = str(args.sse_clients)
@@ -487,10 +510,10 @@ def _run(tmp: str, settings: dict[str, str], args: argparse.Namespace) -> dict[s
     with service(tmp, settings, args.log) as (url, api_pid), experiment(url) as eid:
         start = time.time()
         time.sleep(args.baseline)
-        before, cpu = os.getloadavg(), cpu_seconds(api_pid)
+        before, cpu = os.getloadavg(), api_cpu_seconds(api_pid)
         run = load(url, eid, args)
         window = run["window"][1] - run["window"][0]
-        run["api_cpu"] = round((cpu_seconds(api_pid) - cpu) / window, 2)
+        run["api_cpu"] = round((api_cpu_seconds(api_pid) - cpu) / window, 2)
         after = os.getloadavg()
         run["load_average"] = {
             "before": [round(x, 2) for x in before],
@@ -519,7 +542,8 @@ def _print(r: dict[str, Any]) -> None:
     print(
         f"round time: {r['round_s_unloaded']} s unloaded, {r['round_s_loaded']} s loaded "
         f"(x{r['round_time_ratio']}; rounds {r['rounds_measured']}); "
-        f"load average {r['load_average']}; the API process used {r['api_cpu_cores']} cores"
+        f"load average {r['load_average']}; the API ({r['api_workers']} process(es)) used "
+        f"{r['api_cpu_cores']} cores"
     )
 
 
