@@ -68,6 +68,16 @@ def _migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _at_least_one(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is below 1")
+    return value
+
+
 def _up(args: argparse.Namespace) -> int:
     from backend.cli.serve import up
     from backend.core.settings import get_settings
@@ -78,6 +88,7 @@ def _up(args: argparse.Namespace) -> int:
         host=args.host or settings.api_host,
         port=args.port or settings.api_port,
         worker=not args.no_worker,
+        api_workers=args.api_workers,
     )
 
 
@@ -209,6 +220,12 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--host", help="default: FEDMOMENTUM_API_HOST or 127.0.0.1")
     up.add_argument("--port", type=int, help="default: FEDMOMENTUM_API_PORT or 8000")
     up.add_argument("--no-worker", action="store_true", help="serve only (workers run elsewhere)")
+    up.add_argument(
+        "--api-workers",
+        type=_at_least_one,
+        metavar="N",
+        help="API processes on the port (default: FEDMOMENTUM_API_WORKERS or 1)",
+    )
     up.set_defaults(func=_up)
     work = sub.add_parser("worker", help="run one Celery worker process (one task at a time)")
     work.add_argument("--queues", default="train,aggregate", help="default: train,aggregate")

@@ -1,8 +1,9 @@
 """``fedmomentum up`` and ``fedmomentum worker``: the service's processes.
 
 ``up`` migrates the database, starts one Celery worker process (unless --no-worker) and
-serves the API and dashboard with uvicorn in this process; Ctrl-C stops both. The embedded
-default (filesystem broker, SQLite) needs no server. With the filesystem broker no other
+serves the API and dashboard with uvicorn in this process, or in --api-workers N uvicorn
+worker processes that this one supervises; Ctrl-C stops them all. The embedded default
+(filesystem broker, SQLite) needs no server. With the filesystem broker no other
 worker can exist, so every active experiment is re-dispatched at start and whenever the
 embedded worker had to be restarted: nothing waits for the stale timeout.
 
@@ -23,8 +24,12 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from backend.core.settings import Settings
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
 
 log = logging.getLogger("fedmomentum")
 WORKER_STOP_S = 20.0  # warm shutdown (finish the running task) before the worker is killed
@@ -32,6 +37,7 @@ API_STOP_S = 5.0  # for requests in flight at a stop; then open ones (event stre
 STACKS_WAIT_S = 2.0  # after SIGUSR1, for the stall's stacks to reach the log
 KEEP_ALIVE_S = 75  # seconds an idle HTTP connection stays open (see `up`)
 WORKER_START_S = 600.0  # the watchdog's limit for a worker to become ready (imports, broker)
+LOG_FORMAT = "%(asctime)s %(name)s: %(message)s"
 
 
 def _embedded(settings: Settings) -> bool:
@@ -182,11 +188,35 @@ class WorkerSupervisor:
             process.wait()
 
 
-def up(settings: Settings, *, host: str, port: int, worker: bool) -> int:
+def api_app() -> FastAPI:
+    """The app of one of ``up``'s API processes (uvicorn's factory, in a process of its own):
+    built from the environment's settings, as ``up``'s own; the process exits with ``up``."""
+    import multiprocessing
+
+    from backend.api.app import create_app
+
+    parent = multiprocessing.parent_process()
+    if parent is not None and parent.pid is not None:
+        _exit_with_parent(parent.pid)
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    return create_app()
+
+
+def up(
+    settings: Settings, *, host: str, port: int, worker: bool, api_workers: int | None = None
+) -> int:
+    """Migrate, start the embedded worker (``worker``) and serve until a signal stops it.
+
+    ``api_workers`` (default ``settings.api_workers``) above 1: that many uvicorn worker
+    processes share the port; each builds its app from the environment (``api_app``), so
+    ``settings`` must be the environment's (``get_settings()``)."""
     from backend.db.engine import migrate
     from backend.db.lifecycle import reconcile
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    api_workers = settings.api_workers if api_workers is None else api_workers
+    if api_workers < 1:
+        raise ValueError(f"--api-workers / FEDMOMENTUM_API_WORKERS: {api_workers} is below 1")
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     migrate(settings.database_url)
     supervisor = WorkerSupervisor(settings) if worker else None
@@ -204,26 +234,32 @@ def up(settings: Settings, *, host: str, port: int, worker: bool) -> int:
     # The API's imports after the worker's start: both processes load side by side.
     import uvicorn
 
-    from backend.api.app import create_app
-
     # uvicorn re-raises the SIGTERM it caught once it has shut down: make that an exception,
     # so the worker is stopped below instead of the process dying on the spot.
     signal.signal(signal.SIGTERM, _terminate)
     print(f"FedMomentum is running on http://{host}:{port}  (API docs: /docs; Ctrl-C stops)")
     sys.stdout.flush()
+    options: dict[str, Any] = {
+        "host": host,
+        "port": port,
+        "log_level": "warning",
+        "access_log": False,
+        # An idle keep-alive connection is closed by the server only well after clients
+        # stop reusing theirs (httpx: 5 s, browsers: minutes, proxies: about 60 s): closed
+        # at the same moment, a request sent on it fails with a reset.
+        "timeout_keep_alive": KEEP_ALIVE_S,
+        "timeout_graceful_shutdown": API_STOP_S,  # a live event stream never ends by itself
+    }
     try:
-        uvicorn.run(
-            create_app(settings),
-            host=host,
-            port=port,
-            log_level="warning",
-            access_log=False,
-            # An idle keep-alive connection is closed by the server only well after clients
-            # stop reusing theirs (httpx: 5 s, browsers: minutes, proxies: about 60 s): closed
-            # at the same moment, a request sent on it fails with a reset.
-            timeout_keep_alive=KEEP_ALIVE_S,
-            timeout_graceful_shutdown=API_STOP_S,  # a live event stream never ends by itself
-        )
+        if api_workers == 1:
+            from backend.api.app import create_app
+
+            uvicorn.run(create_app(settings), **options)
+        else:
+            # Every process runs its own reconciler: harmless, a dispatch claims the next
+            # generation with a conditional UPDATE, so of two racing reconcilers one sends it.
+            # uvicorn's supervisor takes the signals here: a stop by one returns (exit 0).
+            uvicorn.run("backend.cli.serve:api_app", factory=True, workers=api_workers, **options)
     finally:
         if supervisor is not None:
             supervisor.stop()

@@ -37,6 +37,9 @@ class Settings(BaseSettings):
     database_url: str = Field(default_factory=_default_database_url)
     api_host: str = "127.0.0.1"
     api_port: int = Field(8000, gt=0, lt=65536)
+    # `fedmomentum up`: API processes on that port (one event loop, so one core, each); each
+    # has its own event pollers, reconciler and per-client stream limit.
+    api_workers: int = Field(1, gt=0)
     # Celery. Default: kombu's filesystem transport under data_dir (no server needed) with
     # results in SQLite. Deployment: redis://host:6379/0 (results then default to it too).
     broker_url: str = "filesystem://"

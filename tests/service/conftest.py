@@ -84,6 +84,27 @@ class Proc:
         self.kill()
 
 
+def read_events(response: httpx.Response) -> list[dict[str, Any]]:
+    """An open SSE response read until its ``end`` event: [{id, event, data}]."""
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/event-stream")
+    out: list[dict[str, Any]] = []
+    current: dict[str, Any] = {}
+    for line in response.iter_lines():
+        if line.startswith("id: "):
+            current["id"] = int(line[4:])
+        elif line.startswith("event: "):
+            current["event"] = line[7:]
+        elif line.startswith("data: "):
+            current["data"] = json.loads(line[6:])
+        elif line == "" and "event" in current:
+            out.append(current)
+            if current["event"] == "end":
+                return out
+            current = {}
+    return out
+
+
 def descendants(pid: int) -> list[int]:
     """The process ids of ``pid``'s children, their children, and so on (from /proc)."""
     parents: dict[int, int] = {}
@@ -122,11 +143,18 @@ class Service:
         return proc
 
     def api(
-        self, *, worker: bool = False, faults: dict[str, str] | None = None, **settings: str
+        self,
+        *,
+        worker: bool = False,
+        faults: dict[str, str] | None = None,
+        options: list[str] | None = None,
+        **settings: str,
     ) -> Proc:
-        """``fedmomentum up`` (with --no-worker unless ``worker``); waits for /health.
-        ``settings`` and ``faults``: as for ``worker`` (the embedded worker inherits both)."""
+        """``fedmomentum up`` (with --no-worker unless ``worker``; ``options``: more of its
+        flags); waits for /health. ``settings`` and ``faults``: as for ``worker`` (the
+        embedded worker inherits both)."""
         args = ["up", "--port", str(self.port)] + ([] if worker else ["--no-worker"])
+        args += options or []
         env = self.env | {f"FEDMOMENTUM_{k.upper()}": v for k, v in settings.items()}
         env |= {f"FAULT_{k.upper()}": v for k, v in (faults or {}).items()}
         module = "tests.service.faulty_worker" if faults else "backend.cli"
@@ -227,26 +255,10 @@ class Service:
     def events(self, experiment_id: str, last_event_id: int | None = None) -> list[dict[str, Any]]:
         """The SSE stream until its ``end`` event: [{id, event, data}]."""
         headers = {} if last_event_id is None else {"Last-Event-ID": str(last_event_id)}
-        out: list[dict[str, Any]] = []
-        current: dict[str, Any] = {}
         with self.http.stream(
             "GET", f"/experiments/{experiment_id}/events", headers=headers, timeout=120
         ) as response:
-            assert response.status_code == 200
-            assert response.headers["content-type"].startswith("text/event-stream")
-            for line in response.iter_lines():
-                if line.startswith("id: "):
-                    current["id"] = int(line[4:])
-                elif line.startswith("event: "):
-                    current["event"] = line[7:]
-                elif line.startswith("data: "):
-                    current["data"] = json.loads(line[6:])
-                elif line == "" and "event" in current:
-                    out.append(current)
-                    if current["event"] == "end":
-                        return out
-                    current = {}
-        return out
+            return read_events(response)
 
     def close(self) -> None:
         """Kill every process of the test: nothing after a test needs a graceful stop."""

@@ -147,6 +147,7 @@ def test_every_variable_is_a_settings_field_and_parses(
         assert settings.broker_url == "redis://:redis-secret@redis:6379/0"
         assert settings.artifact_url == "" and settings.artifact_options == {}
         assert settings.task_time_limit_s == Settings.model_fields["task_time_limit_s"].default
+        assert settings.api_workers == 1
     monkeypatch.setenv("FEDMOMENTUM_SILO_DATA", '{"hospital-a": "/data/a.jsonl"}')
     assert Settings().silo_data == {"hospital-a": "/data/a.jsonl"}
 
