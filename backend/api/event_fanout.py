@@ -7,14 +7,17 @@ within one of the app's database slots, encodes each event once (fastapi.sse's w
 and offers the batch to every stream's bounded queue without waiting. A stream writes a
 batch as one chunk: the cost of an open stream is per poll, not per event.
 
-A stream subscribes first, then replays the stored events after its id from the database,
-then takes the batches of its queue, skipping the ids it has already sent: the poller's
-starting point is read before the replay begins, so replay and fan-out overlap and nothing
-falls between them. A stream whose queue fills (its client reads too slowly) is dropped
-from the fan-out instead of holding the others back; once it has caught up with what it
-still holds, it replays from the database after its last id and joins again. Replays use
-at most ``REPLAYS`` of the database slots at once, so that hundreds of streams (re)connecting
-together leave slots to the requests.
+A stream subscribes first, then replays the stored events after its id, then takes the
+batches of its queue, skipping the ids it has already sent: the poller's starting point is
+read before the replay begins, so replay and fan-out overlap and nothing falls between them.
+The poller keeps the experiment's newest ``HISTORY`` events as sent, so a replay of those is
+a slice of memory, encoded once for every stream; only older events are read from the
+database, a page at a time for each stream (hundreds of streams opening at once from event
+0 made hundreds of such reads and encodings of the same events). A stream whose queue fills
+(its client reads too slowly) is dropped from the fan-out instead of holding the others back;
+once it has caught up with what it still holds, it replays after its last id and joins
+again. Database replays use at most ``REPLAYS`` of the database slots at once, so that
+hundreds of streams (re)connecting together leave slots to the requests.
 
 A known limit, as before: the poller follows ids, so an event whose id was assigned before
 another's but committed after it (two concurrent writers on PostgreSQL) can be skipped.
@@ -23,6 +26,7 @@ another's but committed after it (two concurrent writers on PostgreSQL) can be s
 from __future__ import annotations
 
 import asyncio
+import bisect
 import json
 import logging
 from collections.abc import AsyncIterator, Callable
@@ -36,9 +40,9 @@ from sqlalchemy.orm import Session
 
 from backend.api.limits import DB_CONCURRENCY
 from backend.db.engine import get_engine
-from backend.db.events import event_payload, events_after, last_event_id
+from backend.db.events import event_payload, events_after, latest_events
 from backend.db.experiments import experiment_status
-from backend.db.models import ACTIVE
+from backend.db.models import ACTIVE, Event
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -47,6 +51,7 @@ POLL_S = 0.25
 PAGE = 500  # events per read
 QUEUE_BATCHES = 64  # per stream: 16 s of lag at one batch per poll before it falls back
 REPLAYS = DB_CONCURRENCY // 2  # pages of replay read at once
+HISTORY = 5000  # newest events each poller keeps as sent (a few MB), for replays
 KEEPALIVE_S = 15.0  # a comment on an idle stream, so that proxies keep it open
 
 Events = list[tuple[int, bytes]]  # (id, the event as sent)
@@ -66,6 +71,11 @@ def read_status(url: str, experiment_id: str) -> str | None:
         return experiment_status(session, experiment_id=experiment_id)
 
 
+def _encoded(e: Event) -> tuple[int, bytes]:
+    data = json.dumps(event_payload(e))
+    return e.id, format_sse_event(data_str=data, event=e.type, id=str(e.id))
+
+
 def _read_events(url: str, experiment_id: str, after: int, pages: int) -> Batch:
     """The status, then up to ``pages`` pages of events after ``after``, formatted."""
     out: Events = []
@@ -73,19 +83,19 @@ def _read_events(url: str, experiment_id: str, after: int, pages: int) -> Batch:
         status = experiment_status(session, experiment_id=experiment_id)
         for _ in range(pages if status is not None else 0):
             rows = events_after(session, experiment_id=experiment_id, after=after, limit=PAGE)
-            for e in rows:
-                data = json.dumps(event_payload(e))
-                out.append((e.id, format_sse_event(data_str=data, event=e.type, id=str(e.id))))
+            out += map(_encoded, rows)
             if len(rows) < PAGE:
                 break
             after = rows[-1].id
     return Batch(out, status)
 
 
-def _baseline(url: str, experiment_id: str) -> tuple[int, str | None]:
+def _newest(url: str, experiment_id: str, limit: int) -> Batch:
+    """The status, then the newest ``limit`` events, formatted (the poller's start)."""
     with Session(get_engine(url)) as session:
         status = experiment_status(session, experiment_id=experiment_id)
-        return last_event_id(session, experiment_id=experiment_id), status
+        rows = latest_events(session, experiment_id=experiment_id, limit=limit)
+        return Batch(list(map(_encoded, rows)), status)
 
 
 @dataclass(eq=False)
@@ -115,6 +125,24 @@ class _Poller:
     subscribers: set[Subscription] = field(default_factory=set)
     ready: asyncio.Event = field(default_factory=asyncio.Event)  # its starting point is read
     task: asyncio.Task[None] | None = None
+    status: str | None = None  # as of its last read
+    # The newest events as sent, in id order: every event with an id above ``floor`` that
+    # the poller has read is here (0: every event of the experiment so far).
+    ids: list[int] = field(default_factory=list)
+    chunks: list[bytes] = field(default_factory=list)
+    floor: int = 0
+
+    def keep(self, events: Events, limit: int) -> None:
+        self.ids += (i for i, _ in events)
+        self.chunks += (c for _, c in events)
+        if len(self.ids) > 2 * limit:  # trimmed in steps: a slice per poll would copy a lot
+            del self.ids[:-limit], self.chunks[:-limit]
+            self.floor = self.ids[0] - 1
+
+    def since(self, after: int) -> Events:
+        """What it holds after ``after`` (which must be at least ``floor``)."""
+        i = bisect.bisect_right(self.ids, after)
+        return list(zip(self.ids[i:], self.chunks[i:], strict=True))
 
 
 class EventHub:
@@ -126,6 +154,7 @@ class EventHub:
         self.poll_s = POLL_S
         self.keepalive_s = KEEPALIVE_S
         self.queue_batches = QUEUE_BATCHES
+        self.history = HISTORY
         # Replays take at most this many of the database slots: when hundreds of streams
         # (re)connect at once, requests still find free ones.
         self.replays = anyio.Semaphore(REPLAYS)
@@ -145,16 +174,20 @@ class EventHub:
     async def stream(self, experiment_id: str, after: int) -> AsyncIterator[bytes]:
         """The events after ``after``, then the new ones as they come, then ``end`` once the
         experiment has finished (or is gone) and everything was sent; chunks of SSE."""
-        sub = await self._subscribe(experiment_id)
+        sub, poller = await self._subscribe(experiment_id)
         try:
             while True:
-                while True:  # replay from the database until it has nothing newer
-                    async with self.replays:
-                        batch = await self.read(_read_events, experiment_id, after, 1)
+                while True:  # replay until it has nothing newer: memory, or the database
+                    held = after >= poller.floor
+                    if held:
+                        batch = Batch(poller.since(after), poller.status)
+                    else:
+                        async with self.replays:
+                            batch = await self.read(_read_events, experiment_id, after, 1)
                     if batch.events:
                         yield b"".join(event for _, event in batch.events)
                         after = batch.events[-1][0]
-                    if len(batch.events) < PAGE:
+                    if held or len(batch.events) < PAGE:
                         break
                 while batch.status in ACTIVE and not sub.dropped:
                     try:
@@ -179,7 +212,7 @@ class EventHub:
         finally:
             self._unsubscribe(experiment_id, sub)
 
-    async def _subscribe(self, experiment_id: str) -> Subscription:
+    async def _subscribe(self, experiment_id: str) -> tuple[Subscription, _Poller]:
         sub = Subscription(asyncio.Queue(self.queue_batches))
         poller = self._pollers.get(experiment_id)
         if poller is None:
@@ -191,7 +224,7 @@ class EventHub:
         except BaseException:
             self._unsubscribe(experiment_id, sub)
             raise
-        return sub
+        return sub, poller
 
     def _unsubscribe(self, experiment_id: str, sub: Subscription) -> None:
         poller = self._pollers.get(experiment_id)
@@ -204,7 +237,12 @@ class EventHub:
             poller.task.cancel()
 
     async def _poll(self, experiment_id: str, poller: _Poller) -> None:
-        after, status = await self._retrying(_baseline, experiment_id)
+        start = await self._retrying(_newest, experiment_id, self.history)
+        poller.keep(start.events, self.history)
+        if len(start.events) == self.history:  # there may be older ones: in the database
+            poller.floor = start.events[0][0] - 1
+        after = start.events[-1][0] if start.events else 0
+        status = poller.status = start.status
         poller.ready.set()
         while True:
             await asyncio.sleep(self.poll_s)
@@ -213,7 +251,8 @@ class EventHub:
                 continue
             if batch.events:
                 after = batch.events[-1][0]
-            status = batch.status
+                poller.keep(batch.events, self.history)
+            status = poller.status = batch.status
             for sub in list(poller.subscribers):
                 sub.offer(batch)
 

@@ -44,6 +44,17 @@ def events_after(
     return list(session.scalars(query))
 
 
+def latest_events(session: Session, *, experiment_id: str, limit: int) -> list[Event]:
+    """The newest ``limit`` events of an experiment, oldest first."""
+    query = (
+        select(Event)
+        .where(Event.experiment_id == experiment_id)
+        .order_by(Event.id.desc())
+        .limit(limit)
+    )
+    return list(reversed(session.scalars(query).all()))
+
+
 def last_event_id(session: Session, *, experiment_id: str) -> int:
     """The id of the newest event of an experiment (0 when it has none)."""
     query = select(func.max(Event.id)).where(Event.experiment_id == experiment_id)

@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 from sqlalchemy.orm import Session
 
+from backend.api import event_fanout
 from backend.api.app import create_app
 from backend.core.settings import Settings
 from backend.db.engine import get_engine
@@ -295,3 +296,48 @@ def test_the_schema_lists_the_stream_as_text_event_stream(client):
         "last-event-id",
         "after",
     }
+
+
+def test_replays_come_from_the_pollers_history_and_older_events_from_the_database(
+    settings, create, monkeypatch
+):
+    """The poller keeps only the newest events (here 4, trimmed as new ones come): a stream
+    opened from event 0 afterwards reads the older ones from the database and the newest from
+    memory, a stream resumed inside the history only from memory; both get every event
+    once, in order."""
+    monkeypatch.setattr(event_fanout, "PAGE", 3)  # several database pages before the history
+    experiment_id = create()["id"]
+    _write(settings, experiment_id, range(0, 10))
+    app = create_app(settings)
+    hub = app.state.event_hub
+    hub.history = 4
+    hub.poll_s = 0.05
+
+    async def main(url: str) -> tuple[list[list[dict[str, Any]]], list[dict[str, Any]], int]:
+        async with httpx.AsyncClient(base_url=url, timeout=TIMEOUT) as http:
+            first = asyncio.create_task(_read_stream(http, experiment_id))
+            await _until(lambda: hub.active_pollers == 1, "the poller running")
+            for r in range(10, 30):
+                await asyncio.to_thread(_write, settings, experiment_id, range(r, r + 1))
+                await asyncio.sleep(hub.poll_s * 2)
+            await _until(lambda: len(hub._pollers[experiment_id].ids) < 10, "a trimmed history")
+            floor = hub._pollers[experiment_id].floor
+            late = asyncio.create_task(_read_stream(http, experiment_id))
+            inside = http.stream(
+                "GET", f"{API}/{experiment_id}/events", headers={"Last-Event-ID": str(floor + 1)}
+            )
+            async with inside as resumed:
+                await asyncio.sleep(0.5)
+                await http.post(f"{API}/{experiment_id}/cancel")
+                return [await first, await late], await _read(resumed), floor
+
+    with serve(app) as url:
+        from_zero, resumed, floor = asyncio.run(main(url))
+
+    stored = _stored_ids(settings, experiment_id)
+    assert floor > stored[0]  # events before the history's first had to come from the database
+    for events in from_zero:
+        assert _ids(events) == stored
+    assert _ids(resumed) == [i for i in stored if i > floor + 1]
+    for events in (*from_zero, resumed):
+        assert events[-1]["event"] == "end"
