@@ -1,5 +1,5 @@
 """The Celery application's configuration, and sending tasks by name. Torch-free: the API
-and the database layer send with it; only a worker imports ``workers.tasks`` (and torch).
+and the database layer send with it; only a worker process loads the task bodies (and torch).
 
 Queues: ``train`` (one client's local training) and ``aggregate`` (prepare, aggregation and
 evaluation, and Celery's own chord bookkeeping); in cross-silo mode also one queue per silo,

@@ -1,6 +1,6 @@
 """Run directories: their layout (``RunPaths``, the one place that spells every key), where an
 experiment's files are, its exports as a streamed zip, removal. Torch-free: the workers write
-through the same ``RunPaths`` (tensors with workers.artifacts), the API reads through it. Run
+through the same ``RunPaths`` (their tensors as safetensors), the API reads through it. Run
 directories live in the artifact store (backend.core.store: a local directory, or s3://).
 
 An experiment id never names anything outside its run directory, and on a local disk files
@@ -35,8 +35,8 @@ class RunPaths:
     manifest = "manifest.json"
     split = "split.json"
     metrics = "metrics.jsonl"
-    tensorboard = "tensorboard"  # event files, one per finished round (workers.tracking)
-    tracking = "tracking.json"  # the run's MLflow run id and tags (workers.tracking)
+    tensorboard = "tensorboard"  # TensorBoard event files, one per finished round
+    tracking = "tracking.json"  # the run's MLflow run id and tags
     export = "export"
     export_info = "export/export.json"
     server_file = "server.safetensors"  # inside a state folder: bases and pending residuals

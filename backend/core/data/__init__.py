@@ -1,5 +1,5 @@
 """Datasets for federated fine-tuning: built-in tasks, user files, partitions. Torch-free:
-the API loads them to check a config; the workers tokenize them (workers.encoding).
+the API loads them to check a config; the workers tokenize them.
 
 Everything here works offline: arith is generated, wordnet-topics reads Debian's
 wordnet-base files, chatterbot reads the chatterbot-corpus package's YAML files.
