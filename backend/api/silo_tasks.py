@@ -240,14 +240,7 @@ def _accept(
         }
         client = {"kind": "client", **record, "wait_seconds": None}
         add_metrics(session, experiment_id=task.experiment_id, records=[client], emit=True)
-        lifecycle.client_finished(
-            settings,
-            session,
-            experiment_id=task.experiment_id,
-            attempt=task.attempt,
-            generation=task.generation,
-            record=record,
-        )
+        lifecycle.client_finished(settings, session, task=task, record=record)
         return SiloUploadResult(accepted=True, n_examples=n_examples)
 
 

@@ -168,24 +168,19 @@ def aggregate_when_complete(
 
 
 def client_finished(
-    settings: Settings,
-    session: Session,
-    *,
-    experiment_id: str,
-    attempt: int,
-    generation: int,
-    record: dict[str, Any],
+    settings: Settings, session: Session, *, task: SiloTask, record: dict[str, Any]
 ) -> None:
-    """Store a client attempt that came in over the API and aggregate the round if it was
-    the last one. Commits."""
-    results.record_client(session, experiment_id=experiment_id, attempt=attempt, record=record)
+    """Store the client attempt of a token-silo task (its upload, or its failure) and
+    aggregate the round if it was the last one. Commits."""
+    experiment_id = task.experiment_id
+    results.record_client(session, experiment_id=experiment_id, attempt=task.attempt, record=record)
     heartbeat(session, experiment_id=experiment_id)
     aggregate_when_complete(
         settings,
         session,
         experiment_id=experiment_id,
         round_num=record["round"],
-        generation=generation,
+        generation=task.generation,
     )
 
 
@@ -209,14 +204,7 @@ def fail_silo_task(settings: Settings, session: Session, *, task: SiloTask, erro
     if not silos.close_task(session, task=task, ok=False, error=error):
         return False
     record = {"round": task.round, "client": task.client, "ok": False, "error": error}
-    client_finished(
-        settings,
-        session,
-        experiment_id=task.experiment_id,
-        attempt=task.attempt,
-        generation=task.generation,
-        record=record,
-    )
+    client_finished(settings, session, task=task, record=record)
     return True
 
 
