@@ -298,9 +298,12 @@ class Connections:
             lines = head.split(b"\r\n")
             status = int(lines[0].split()[1])
             length = next(
-                int(v) for k, _, v in (x.partition(b":") for x in lines[1:])
-                if k.lower() == b"content-length"
+                (int(v) for k, _, v in (x.partition(b":") for x in lines[1:])
+                 if k.lower() == b"content-length"),
+                None,
             )  # fmt: skip
+            if length is None:  # (a StopIteration here would end the coroutine as a RuntimeError)
+                raise ValueError(f"no Content-Length in the answer to {path}")
             body = await asyncio.wait_for(reader.readexactly(length), 30)
         except BaseException:
             writer.close()
@@ -319,7 +322,7 @@ async def _request(http: Connections, name: str, eid: str, stats: Stats) -> None
     start = time.perf_counter()
     try:
         status, _ = await http.get(f"/experiments/{eid}/{path}?{urlencode(params)}")
-    except (OSError, ValueError, StopIteration, asyncio.IncompleteReadError) as e:
+    except (OSError, ValueError, asyncio.IncompleteReadError) as e:
         stats.errors[f"{name}: {type(e).__name__}"] += 1
         return
     except TimeoutError:
