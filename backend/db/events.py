@@ -3,14 +3,21 @@
 ``add_event`` is the one writer of event rows: every other module of the database layer
 appends through it, inside its own transaction, so an event exists exactly when the change
 it announces was committed.
+
+Readers follow an experiment's events by id (``id > last seen``), so ids must become visible
+in id order. PostgreSQL hands out ids when a row is inserted but shows the row at commit: two
+writers of one experiment could commit 11 before 10, and a reader at 11 would never see 10.
+Every flush that inserts events therefore first takes a transaction-scoped advisory lock per
+experiment (released at commit), so one experiment's event ids are taken and committed one
+transaction at a time. SQLite already has one writer at a time.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy import event, func, select
+from sqlalchemy.orm import Session, UOWTransaction
 
 from backend.db.models import Event
 
@@ -22,6 +29,7 @@ EVENT_TYPES = (
     "client_finished",
     "metrics",
 )
+EVENT_LOCKS = 0x464D  # the advisory-lock namespace of event writers ("FM")
 
 
 def add_event(session: Session, *, experiment_id: str, type: str, data: dict[str, Any]) -> None:
@@ -29,6 +37,18 @@ def add_event(session: Session, *, experiment_id: str, type: str, data: dict[str
     if type not in EVENT_TYPES:
         raise ValueError(f"type: unknown {type!r}; allowed: {', '.join(EVENT_TYPES)}")
     session.add(Event(experiment_id=experiment_id, type=type, data=data))
+
+
+@event.listens_for(Session, "before_flush")
+def _one_writer_per_experiment(session: Session, _flush: UOWTransaction, _objects: object) -> None:
+    experiments = sorted({o.experiment_id for o in session.new if isinstance(o, Event)})
+    if not experiments or session.get_bind().dialect.name != "postgresql":
+        return
+    connection = session.connection()
+    for experiment_id in experiments:  # sorted: two flushes never wait on each other's locks
+        connection.execute(
+            select(func.pg_advisory_xact_lock(EVENT_LOCKS, func.hashtext(experiment_id)))
+        )
 
 
 def events_after(

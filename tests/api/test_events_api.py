@@ -19,7 +19,7 @@ from backend.api import event_fanout
 from backend.api.app import create_app
 from backend.core.settings import Settings
 from backend.db.engine import get_engine
-from backend.db.events import add_event, all_events
+from backend.db.events import add_event, all_events, events_after
 from tests.api.conftest import serve
 
 API = "/api/v1/experiments"
@@ -341,3 +341,36 @@ def test_replays_come_from_the_pollers_history_and_older_events_from_the_databas
     assert _ids(resumed) == [i for i in stored if i > floor + 1]
     for events in (*from_zero, resumed):
         assert events[-1]["event"] == "end"
+
+
+def test_a_reader_by_id_misses_no_event_when_writers_commit_out_of_order(settings, create):
+    """Writer 1 inserts an event (taking the lower id) and holds its transaction open; writer 2
+    inserts another and commits. A reader following ids, as the poller does, must never see
+    the higher id while the lower one is still coming: writer 2 waits for writer 1."""
+    experiment_id = create()["id"]
+    engine = get_engine(settings.database_url)
+    seen: list[int] = []
+
+    def read() -> None:
+        with Session(engine) as session:
+            after = seen[-1] if seen else 0
+            seen.extend(
+                e.id for e in events_after(session, experiment_id=experiment_id, after=after)
+            )
+
+    with Session(engine) as first:
+        add_event(first, experiment_id=experiment_id, type="round_started", data={"round": 0})
+        first.flush()  # the lower id is taken; not committed yet
+        second = threading.Thread(target=_write, args=(settings, experiment_id, range(1, 2)))
+        second.start()
+        try:
+            time.sleep(1.5)  # without the lock writer 2 commits well within this
+            read()
+        finally:
+            first.commit()  # also on failure: an open transaction would block the teardown
+            second.join(timeout=30)
+    assert seen == [], "the reader saw an event while a lower id was still uncommitted"
+    assert not second.is_alive()
+    read()
+    assert seen == _stored_ids(settings, experiment_id)
+    assert len(seen) == 2
