@@ -163,7 +163,95 @@ def targets(rows: list[Any], rounds: int) -> dict[str, Any]:
     }
 
 
-def report(setting: str, rows: list[Any], naive: float | None, goal: dict[str, Any]) -> str:
+def _final(run: RunMetrics) -> float | None:
+    return run.evals[max(run.evals)].get("accuracy") if run.evals else None
+
+
+def paired(runs: list[RunMetrics], reference: str) -> dict[str, dict[str, Any]]:
+    """Each cell's final accuracy minus ``reference``'s on the same seed (the same split and
+    initial adapter): a difference the seeds agree on is evidence even where the unpaired
+    spreads overlap. Per cell: the differences by seed, their mean, and the seeds it won."""
+    ref = {r.seed: _final(r) for r in runs if r.label == reference}
+    out: dict[str, dict[str, Any]] = {}
+    for run in runs:
+        mine, theirs = _final(run), ref.get(run.seed)
+        if run.label == reference or mine is None or theirs is None:
+            continue
+        cell = out.setdefault(run.label, {"diffs": {}})
+        cell["diffs"][run.seed] = mine - theirs
+    for cell in out.values():
+        diffs = list(cell["diffs"].values())
+        cell["mean"] = statistics.fmean(diffs)
+        cell["wins"] = sum(d > 0 for d in diffs)
+        cell["losses"] = sum(d < 0 for d in diffs)
+    return out
+
+
+DYNAMICS = ("a_row_norm", "b_col_norm", "global_change_norm")
+
+
+def dynamics(runs: list[RunMetrics]) -> dict[str, dict[int, dict[str, float]]]:
+    """Per cell and round, the mean over seeds and layers of the broadcast A's row norm, B's
+    column norm, and the norm of the change of the global model that round: how fast each
+    strategy's adapter moves the model."""
+    sums: dict[str, dict[int, dict[str, list[float]]]] = {}
+    for run in runs:
+        for t, layers in run.diagnostics.items():
+            cell = sums.setdefault(run.label, {}).setdefault(t, {k: [] for k in DYNAMICS})
+            for d in layers:
+                for k in DYNAMICS:
+                    if d.get(k) is not None and math.isfinite(d[k]):
+                        cell[k].append(float(d[k]))
+    return {
+        label: {
+            t: {k: statistics.fmean(v) for k, v in cell.items() if v}
+            for t, cell in sorted(by_round.items())
+        }
+        for label, by_round in sums.items()
+    }
+
+
+def _paired_md(table: dict[str, dict[str, Any]], reference: str) -> list[str]:
+    if not table:
+        return []
+    lines = [
+        f"Paired by seed against {reference} (final accuracy, this cell minus {reference}):",
+        "",
+        "| cell | by seed | mean | won / lost |",
+        "|---|---|---|---|",
+    ]
+    for label, cell in sorted(table.items(), key=lambda kv: -kv[1]["mean"]):
+        seeds = " ".join(f"{d:+.3f}" for _, d in sorted(cell["diffs"].items()))
+        record = f"{cell['wins']} / {cell['losses']} of {len(cell['diffs'])}"
+        lines.append(f"| {label} | {seeds} | {cell['mean']:+.3f} | {record} |")
+    return [*lines, ""]
+
+
+def _dynamics_md(table: dict[str, dict[int, dict[str, float]]]) -> list[str]:
+    if not table:
+        return []
+    lines = [
+        "Mean A row norm / B column norm / change of the global model, by round:",
+        "",
+        "| cell | " + " | ".join(f"round {t}" for t in next(iter(table.values()))) + " |",
+        "|---|" + "---|" * len(next(iter(table.values()))),
+    ]
+    for label, by_round in table.items():
+        cells = [
+            " / ".join(f"{v[k]:.3f}" if k in v else "-" for k in DYNAMICS)
+            for v in by_round.values()
+        ]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
+def report(
+    setting: str,
+    rows: list[Any],
+    naive: float | None,
+    goal: dict[str, Any],
+    runs: list[RunMetrics] | None = None,
+) -> str:
     lines = [
         f"## {setting}",
         "",
@@ -171,6 +259,11 @@ def report(setting: str, rows: list[Any], naive: float | None, goal: dict[str, A
         "",
         to_markdown(rows),
     ]
+    if runs:
+        reference = "fedmomentum" if any(r.label == "fedmomentum" for r in runs) else None
+        if reference is not None:
+            lines += _paired_md(paired(runs, reference), reference)
+        lines += _dynamics_md(dynamics(runs))
     if goal:
         lines += [
             f"default FedMomentum final {goal['fedmomentum_final']:.3f} vs best baseline "
@@ -220,8 +313,10 @@ def main() -> None:
             "naive_error": naive,
             "targets": goal,
             "leaderboard": [asdict(r) for r in rows],
+            "paired_vs_default": paired(runs, "fedmomentum"),
+            "dynamics": dynamics(runs),
         }
-        parts.append(report(setting, rows, naive, goal))
+        parts.append(report(setting, rows, naive, goal, runs))
         print(parts[-1], flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "convergence.md").write_text("\n".join(parts))
