@@ -9,7 +9,7 @@ number, a contained answer) generate.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -18,10 +18,17 @@ from torch import nn
 from backend.core.data import Example, TaskData
 from workers.training import Encoded, make_batch
 
+OnBatch = Callable[[], None] | None  # called after every batch: a long evaluation shows progress
+
 
 @torch.no_grad()
 def score(
-    model: nn.Module, data: Sequence[Encoded], batch_size: int, pad_id: int, device: torch.device
+    model: nn.Module,
+    data: Sequence[Encoded],
+    batch_size: int,
+    pad_id: int,
+    device: torch.device,
+    on_batch: OnBatch = None,
 ) -> tuple[float, list[bool]]:
     """(mean cross-entropy per answer token or example, greedy-reproduces-answer per example).
 
@@ -47,6 +54,8 @@ def score(
         ce = F.cross_entropy(flat, labels.reshape(-1), reduction="sum", ignore_index=-100)
         total += float(ce)
         count += int((labels != -100).sum())
+        if on_batch is not None:
+            on_batch()
     return total / max(1, count), hits
 
 
@@ -71,6 +80,7 @@ def generate_answers(
     batch_size: int,
     max_new_tokens: int,
     device: torch.device,
+    on_batch: OnBatch = None,
 ) -> list[str]:
     """Greedy continuations of each prompt (left-padded batches)."""
     model.eval()
@@ -89,6 +99,8 @@ def generate_answers(
             pad_token_id=pad,
         )
         texts += tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
+        if on_batch is not None:
+            on_batch()
     return texts
 
 
@@ -103,12 +115,13 @@ def evaluate_model(
     batch_size: int,
     max_new_tokens: int | None,
     device: torch.device,
+    on_batch: OnBatch = None,
 ) -> dict[str, float]:
     """eval_loss and accuracy of a model on the encoded held-out examples."""
-    loss, hits = score(model, data, batch_size, tokenizer.pad_token_id, device)
+    loss, hits = score(model, data, batch_size, tokenizer.pad_token_id, device, on_batch)
     if kind != "seq-cls" and task.scoring != "label":
         budget = max_new_tokens or answer_budget(data)
-        answers = generate_answers(model, tokenizer, data, batch_size, budget, device)
+        answers = generate_answers(model, tokenizer, data, batch_size, budget, device, on_batch)
         hits = [task.is_correct(ex, text) for ex, text in zip(examples, answers, strict=True)]
     return {"eval_loss": loss, "accuracy": sum(hits) / len(hits)}
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -182,7 +182,8 @@ def advance(settings: Settings, experiment_id: str, generation: int) -> str:
             results.record_clients(db, experiment_id=experiment_id, sizes=sizes, ranks=ranks)
             evaluated = has_metric(db, experiment_id=experiment_id, kind="eval", round_num=-1)
         if not evaluated:
-            job.add_metrics([runner.eval_record(-1, runner.evaluate(paths, 0))])
+            scores = runner.evaluate(paths, 0, on_batch=_beating(job))
+            job.add_metrics([runner.eval_record(-1, scores)])
         t = paths.latest_state()
     except OperationalError:
         raise  # the database is away: the task fails, the reconciler tries again
@@ -234,6 +235,23 @@ def _complete(job: Job) -> str:
             return "stale"
         lifecycle.finish(db, experiment=exp, status=ExperimentStatus.completed, error=None)
     return "completed"
+
+
+def _beating(job: Job) -> Callable[[], None]:
+    """A progress callback for long work without steps (evaluation): it beats the heart at
+    most every ``progress_interval_s``, so the watchdog and the stale check see a slow
+    evaluation as alive (a large eval set can take longer than their limits) and only a
+    stuck task as silent."""
+    last = time.monotonic()
+
+    def beat() -> None:
+        nonlocal last
+        if time.monotonic() - last >= job.settings.progress_interval_s:
+            last = time.monotonic()
+            with job.db() as db:
+                lifecycle.heartbeat(db, experiment_id=job.experiment_id)
+
+    return beat
 
 
 # ---- one client ----------------------------------------------------------------------------------
@@ -434,6 +452,7 @@ def _finish_round(job: Job, t: int) -> str:
                 started_at=row.started_at if row is not None else None,
                 train_seconds=sum(r.seconds for r in latest.values()),
                 earlier=earlier,
+                on_batch=_beating(job),
             )
             with job.db() as db:
                 add_metrics(db, experiment_id=job.experiment_id, records=records, emit=True)

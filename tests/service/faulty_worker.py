@@ -12,6 +12,8 @@
 - ``FAULT_STALL_ROUND=<round>`` and ``FAULT_MARKER=<file>``: the first client of that round to
   train (while the marker does not exist) touches the marker and hangs in ``stall_forever``
   (after the restart the marker exists: it trains), for the watchdog of ``fedmomentum up``.
+- ``FAULT_SLOW_EVAL_S=<seconds>``: every evaluation batch takes that much longer (a large eval
+  set on a slow machine), so that one evaluation outlasts the watchdog's limit.
 
 ``python -m tests.service.faulty_worker up ...`` runs the service with its embedded worker
 started this way too (the supervisor's worker command is this module's).
@@ -29,7 +31,7 @@ import torch
 
 from backend.cli import main, serve
 from backend.core.runs import RunPaths
-from workers import runner
+from workers import evaluation, runner
 from workers.artifacts import load_tensors, save_tensors
 from workers.runner import server, state
 
@@ -96,6 +98,14 @@ def commit_state(cfg: Any, paths: RunPaths, round_num: int, *rest: Any) -> None:
     _commit_state(cfg, paths, round_num, *rest)
 
 
+_make_batch = evaluation.make_batch
+
+
+def slow_make_batch(*args: Any, **kwargs: Any) -> Any:
+    time.sleep(float(os.environ["FAULT_SLOW_EVAL_S"]))
+    return _make_batch(*args, **kwargs)
+
+
 def worker_command(*args: Any, **kwargs: Any) -> list[str]:
     """``fedmomentum up``'s worker command, running this module instead of backend.cli."""
     args_after_module = _worker_command(*args, **kwargs)[3:]
@@ -103,6 +113,8 @@ def worker_command(*args: Any, **kwargs: Any) -> list[str]:
 
 
 runner.train_client = train_client
+if os.environ.get("FAULT_SLOW_EVAL_S"):
+    evaluation.make_batch = slow_make_batch  # the evaluation's batches only, not training's
 server.commit_state = commit_state
 _worker_command = serve.worker_command
 serve.worker_command = worker_command

@@ -138,6 +138,37 @@ def test_a_silent_worker_has_its_stacks_logged_and_is_restarted(
     assert_complete_and_exactly_once(service, done)
 
 
+def test_an_evaluation_longer_than_the_watchdogs_limit_is_not_a_stall(
+    embedded_service: Service,
+) -> None:
+    """Each evaluation takes about 16 s (8 batches of 2 s) against a watchdog limit of 8 s and
+    a stale limit of 5 s: the worker beats the heart while it evaluates, so it is neither
+    restarted nor re-dispatched (its work thrown away as stale), and the run completes."""
+    service = embedded_service
+    up = service.api(worker=True, faults={"slow_eval_s": "2"}, worker_stall_s="8")
+    small = {
+        **SMALL,
+        "data": {**SMALL["data"], "n_eval": 16},
+        "eval": {"batch_size": 2},
+        "federation": {**SMALL["federation"], "rounds": 1},
+    }
+    exp = service.create(name="slow-eval", **small)
+
+    done = service.wait_finished(exp["id"], timeout=240)
+
+    log = up.output()
+    assert done["status"] == "completed", done
+    assert "watchdog:" not in log, log[-4000:]
+    assert log.count(" ready.") == 1, log[-4000:]  # never restarted
+    with sqlite3.connect(service.tmp / "data" / "fedmomentum.db") as conn:
+        (generation,) = conn.execute(
+            "SELECT generation FROM experiments WHERE id = ?", (exp["id"],)
+        ).fetchone()
+    assert generation == 1, log[-4000:]  # dispatched once: never taken for a silent one
+    (eval_s,) = (m["values"]["eval_seconds"] for m in service.metrics(exp["id"], kind="round"))
+    assert eval_s > 2 * 8, eval_s  # it did outlast the watchdog's limit, twice over
+
+
 def test_the_embedded_worker_exits_when_up_is_killed(embedded_service: Service) -> None:
     """SIGKILL of ``up`` alone (not its worker's process group): the worker, which set its own
     parent-death signal after exec, gets SIGTERM and exits instead of consuming the queue."""

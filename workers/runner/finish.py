@@ -12,7 +12,7 @@ from backend.core.config import ExperimentConfig
 from backend.core.runs import RunPaths
 from workers import tracking
 from workers.artifacts import load_tensors
-from workers.evaluation import evaluate_model
+from workers.evaluation import OnBatch, evaluate_model
 from workers.federated import get_strategy
 from workers.runner.bench import Bench, bench_for, encoded, load_state_into
 from workers.runner.clients import task_of
@@ -20,8 +20,11 @@ from workers.runner.records import aggregated_clients, eval_record, round_metric
 from workers.runner.state import aggregated_summary, load_run_config, read_group
 
 
-def evaluate(paths: RunPaths, round_num: int, clients: list[int] | None = None) -> dict[str, float]:
-    """Eval loss and accuracy of the global model at a round's start state.
+def evaluate(
+    paths: RunPaths, round_num: int, clients: list[int] | None = None, on_batch: OnBatch = None
+) -> dict[str, float]:
+    """Eval loss and accuracy of the global model at a round's start state (``on_batch``:
+    called after every evaluation batch).
 
     The global model is the largest rank group's (all groups are equal for exact strategies).
     fedsa has no global model: each given client is evaluated with the global A and its own B,
@@ -34,17 +37,19 @@ def evaluate(paths: RunPaths, round_num: int, clients: list[int] | None = None) 
     adapter, backbone = read_group(paths, round_num, rank)
     if not strategy.personalised or not clients:
         load_state_into(bench, adapter, backbone)
-        return _eval_bench(cfg, bench, rank)
+        return _eval_bench(cfg, bench, rank, on_batch)
     scores = []
     for c in clients:
         key = paths.local(c)
         own = load_tensors(paths.store, key) if paths.store.exists(key) else {}
         load_state_into(bench, {**adapter, **own}, backbone)
-        scores.append(_eval_bench(cfg, bench, rank))
+        scores.append(_eval_bench(cfg, bench, rank, on_batch))
     return {k: sum(s[k] for s in scores) / len(scores) for k in scores[0]}
 
 
-def _eval_bench(cfg: ExperimentConfig, bench: Bench, rank: int) -> dict[str, float]:
+def _eval_bench(
+    cfg: ExperimentConfig, bench: Bench, rank: int, on_batch: OnBatch
+) -> dict[str, float]:
     task = task_of(cfg)
     return evaluate_model(
         bench.model,
@@ -56,6 +61,7 @@ def _eval_bench(cfg: ExperimentConfig, bench: Bench, rank: int) -> dict[str, flo
         batch_size=cfg.eval.batch_size,
         max_new_tokens=cfg.eval.max_new_tokens,
         device=bench.device,
+        on_batch=on_batch,
     )
 
 
@@ -67,6 +73,7 @@ def finish_round(
     train_seconds: float,
     compute_seconds: float | None = None,
     earlier: Sequence[Mapping[str, Any]] = (),
+    on_batch: OnBatch = None,
 ) -> tuple[dict[str, Any], list[dict[str, object]]]:
     """Evaluate the global model round ``round_num`` committed; returns the round's summary
     (timings and scores added, per-layer diagnostics left out) and its metrics records
@@ -79,7 +86,7 @@ def finish_round(
     """
     summary = aggregated_summary(paths, round_num)
     start = time.perf_counter()
-    scores = evaluate(paths, round_num + 1, aggregated_clients(summary))
+    scores = evaluate(paths, round_num + 1, aggregated_clients(summary), on_batch)
     summary.update(scores, eval_seconds=time.perf_counter() - start, train_seconds=train_seconds)
     if compute_seconds is not None:
         summary["compute_seconds"] = compute_seconds
