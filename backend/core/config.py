@@ -102,8 +102,12 @@ class AggregationConfig(_Strict):
     oversample: int = Field(10, ge=0, description="randomized SVD: extra sketch columns")
     power_iters: int = Field(2, ge=0, description="randomized SVD: power iterations")
     merge_every: int = Field(1, ge=1, description="fedmomentum: merge the residual every k rounds")
+    # Default b, by measurement: over seeds and settings (benchmarks/README.md, convergence)
+    # putting S in B and keeping A's rows orthonormal trained faster than the square-root split,
+    # whose small A rows slow the next round (Adam moves B by about lr per step, and the product
+    # by that times A's norm).
     factor_split: Literal["sqrt", "b", "fresh"] = Field(
-        "sqrt",
+        "b",
         description="fedmomentum (and flexlora): how the singular values split between the new "
         "B and A: sqrt (half in each), b (all in B, A's rows orthonormal) or fresh (A's rows at "
         "a fresh LoRA's norm 1/sqrt(3), the rest in B); the product is the same",

@@ -8,6 +8,7 @@ import zlib
 import pytest
 import torch
 
+from backend.core.config import AggregationConfig
 from workers.federated import (
     STRATEGIES,
     AggregationOptions,
@@ -280,9 +281,9 @@ def test_other_svd_backends_keep_the_model_exact(method):
 def test_factor_split_b_puts_singular_values_in_b():
     updates = make_updates(8, 32, 24, [4, 4])
     states = initial_states([LAYER], [4])
-    opt = AggregationOptions(factor_split="b")
+    sqrt, opt = AggregationOptions(factor_split="sqrt"), AggregationOptions(factor_split="b")
 
-    a = aggregate_round(get_strategy("fedmomentum"), 0, updates, states).layers[LAYER]
+    a = aggregate_round(get_strategy("fedmomentum", sqrt), 0, updates, states).layers[LAYER]
     b = aggregate_round(get_strategy("fedmomentum", opt), 0, updates, states).layers[LAYER]
 
     fa, fb = a.state.adapters[4], b.state.adapters[4]
@@ -696,3 +697,14 @@ def test_rank_advisor_is_recorded_wherever_singular_values_are():
         assert diag.kept_energy == pytest.approx(float(share[3]), rel=1e-6), name
         if name == "fedmomentum":  # the adapter carries the kept share, the residual the rest
             assert diag.kept_energy == pytest.approx(1 - diag.residual_energy, rel=1e-6)
+
+
+def test_the_math_defaults_are_the_configs():
+    """The math package keeps its own defaults (it imports no config); they must be the
+    config's, or a run configured by default and a direct call would aggregate differently."""
+    options = AggregationOptions()
+    shared = set(AggregationConfig.model_fields) & set(vars(options))
+    assert shared >= {"svd", "oversample", "power_iters", "merge_every", "factor_split"}
+    assert {k: getattr(options, k) for k in shared} == AggregationConfig().model_dump(
+        include=shared
+    )

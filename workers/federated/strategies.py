@@ -120,7 +120,7 @@ class AggregationOptions:
     oversample: int = 10
     power_iters: int = 2
     merge_every: int = 1
-    factor_split: FactorSplit = "sqrt"
+    factor_split: FactorSplit = "b"  # as the config's default
     dtype: torch.dtype = torch.float64  # server math; adapters are sent as float32
 
     def __post_init__(self) -> None:

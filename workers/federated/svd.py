@@ -134,9 +134,7 @@ def _complete_basis(V: Tensor, n: int) -> Tensor:
     return torch.cat([V, Q], dim=1)
 
 
-def split_top_r(
-    svd: Svd, r: int, scaling: float, split: FactorSplit = "sqrt"
-) -> tuple[Tensor, Tensor, int]:
+def split_top_r(svd: Svd, r: int, scaling: float, split: FactorSplit) -> tuple[Tensor, Tensor, int]:
     """Top-r directions as LoRA factors (B (d_out, r), A (r, d_in)) with s B A = U_r S_r V_r^T.
 
     ``sqrt`` puts (S/s)^(1/2) in each factor (same scale), ``b`` puts all of S in B (A's rows
