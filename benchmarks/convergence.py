@@ -42,7 +42,13 @@ import yaml
 from backend.cli.sweep import client_ranks, parse_sets, read_metrics, run_dirs, run_sweep
 from backend.core.catalog import STRATEGIES
 from backend.core.config import AggregationConfig
-from backend.core.leaderboard import RunMetrics, from_records, leaderboard, to_markdown
+from backend.core.leaderboard import (
+    RunMetrics,
+    final_accuracy,
+    from_records,
+    leaderboard,
+    to_markdown,
+)
 from backend.core.sweeps import expand, parse_sweep
 
 DEMO = Path(__file__).resolve().parents[1] / "examples" / "demo.yaml"
@@ -163,18 +169,14 @@ def targets(rows: list[Any], rounds: int) -> dict[str, Any]:
     }
 
 
-def _final(run: RunMetrics) -> float | None:
-    return run.evals[max(run.evals)].get("accuracy") if run.evals else None
-
-
 def paired(runs: list[RunMetrics], reference: str) -> dict[str, dict[str, Any]]:
     """Each cell's final accuracy minus ``reference``'s on the same seed (the same split and
     initial adapter): a difference the seeds agree on is evidence even where the unpaired
     spreads overlap. Per cell: the differences by seed, their mean, and the seeds it won."""
-    ref = {r.seed: _final(r) for r in runs if r.label == reference}
+    ref = {r.seed: final_accuracy(r) for r in runs if r.label == reference}
     out: dict[str, dict[str, Any]] = {}
     for run in runs:
-        mine, theirs = _final(run), ref.get(run.seed)
+        mine, theirs = final_accuracy(run), ref.get(run.seed)
         if run.label == reference or mine is None or theirs is None:
             continue
         cell = out.setdefault(run.label, {"diffs": {}})

@@ -19,8 +19,9 @@ once it has caught up with what it still holds, it replays after its last id and
 again. Database replays use at most ``REPLAYS`` of the database slots at once, so that
 hundreds of streams (re)connecting together leave slots to the requests.
 
-A known limit, as before: the poller follows ids, so an event whose id was assigned before
-another's but committed after it (two concurrent writers on PostgreSQL) can be skipped.
+The poller follows ids; the database layer makes an experiment's event ids visible in id
+order (on PostgreSQL, event writers of one experiment commit one at a time), so none is
+skipped.
 """
 
 from __future__ import annotations

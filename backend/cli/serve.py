@@ -213,9 +213,7 @@ def up(
     from backend.db.engine import migrate
     from backend.db.lifecycle import reconcile
 
-    api_workers = settings.api_workers if api_workers is None else api_workers
-    if api_workers < 1:
-        raise ValueError(f"--api-workers / FEDMOMENTUM_API_WORKERS: {api_workers} is below 1")
+    api_workers = settings.api_workers if api_workers is None else api_workers  # both >= 1
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     migrate(settings.database_url)

@@ -75,12 +75,6 @@ def latest_events(session: Session, *, experiment_id: str, limit: int) -> list[E
     return list(reversed(session.scalars(query).all()))
 
 
-def last_event_id(session: Session, *, experiment_id: str) -> int:
-    """The id of the newest event of an experiment (0 when it has none)."""
-    query = select(func.max(Event.id)).where(Event.experiment_id == experiment_id)
-    return int(session.scalar(query) or 0)
-
-
 def event_payload(event: Event) -> dict[str, Any]:
     """What a client sees of an event (SSE data, report): its data and when it happened."""
     return {**event.data, "created_at": event.created_at.isoformat()}
